@@ -1,0 +1,245 @@
+"""Command line: `compress <command>`. Each command parses, makes one library call, and prints.
+
+Heavy modules (torch, torchvision, torch_pruning) are imported inside the handlers so `--help` is instant.
+Errors the user can fix exit with code 2 and one line; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from compress.errors import UserError
+
+log = logging.getLogger("compress")
+
+DEFAULT_DATA_ROOT = "data/synthetic"
+EVAL_KEYS = "3dpw,mpi-inf-3dhp,h36m-p1,h36m-p2,lsp"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def data_root(arg: str | None, recipe_root: str | None = None) -> str:
+    """--data beats COMPRESS_DATA_ROOT beats the recipe's data.root beats the default."""
+    return arg or os.environ.get("COMPRESS_DATA_ROOT") or recipe_root or DEFAULT_DATA_ROOT
+
+
+def _parse_set(pairs: list[str]) -> dict:
+    """`--set key=value` model overrides for `info` (values parsed as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UserError(f"--set expects key=value, got {pair!r} (e.g. --set encoder_head=logits)")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _strip_prefix(overrides: dict, prefix: str) -> dict:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in overrides.items()}
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=_console(stderr=True), transient=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- info
+
+
+def cmd_info(args) -> int:
+    from compress.profile import model_info
+
+    overrides = _strip_prefix(_parse_set(args.set), "model.overrides.")
+    if args.img_res:
+        overrides["img_res"] = args.img_res
+    info = model_info(args.target, **overrides)
+    if args.json:
+        _print_json({k: v for k, v in info.items() if k != "widths"} | {"widths": info["widths"]})
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{info['model']} @ {info['img_res']} px", show_header=False)
+    for key, label in [("params_total", "parameters"), ("params_encoder", "  encoder"),
+                       ("params_regressor", "  regressor")]:
+        table.add_row(label, f"{info[key]:,}")
+    table.add_row("MACs", f"{info['macs'] / 1e9:.3f} G  ({info['macs_counter']})")
+    table.add_row("widths", ", ".join(f"{k}:{v}" for k, v in info["widths"].items()))
+    _console().print(table)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def cmd_data_synth(args) -> int:
+    from compress.data.synthetic import generate_root
+
+    out = generate_root(Path(args.out), size=args.size, seed=args.seed, force=args.force)
+    _console().print(f"synthetic data root ready: [bold]{out}[/]")
+    return 0
+
+
+def cmd_data_cache(args) -> int:
+    from compress.data.cache import build_cache
+
+    root = data_root(args.data)
+    path = build_cache(root, args.datasets.split(","), img_res=args.img_res)
+    _console().print(f"HDF5 cache ready: [bold]{path}[/]")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args) -> int:
+    from compress.eval.protocols import evaluate_checkpoint, format_results_table
+
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(key, done, total):
+            if key not in tasks:
+                tasks[key] = bar.add_task(f"eval {key}", total=total)
+            bar.update(tasks[key], completed=done)
+
+        results = evaluate_checkpoint(
+            args.checkpoint, root=data_root(args.data), datasets=args.datasets.split(","),
+            strict=args.datasets != EVAL_KEYS, subset=args.subset, batch_size=args.batch_size,
+            img_res=args.img_res, name=args.name, save_dir=args.save_dir, progress=progress,
+        )
+    if args.json:
+        _print_json(results)
+    else:
+        _print_rows(format_results_table(results), title=f"eval {args.checkpoint}")
+    return 0
+
+
+def _print_rows(rows: list[list[str]], *, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for head in rows[0]:
+        table.add_column(head, justify="right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    _console().print(table)
+
+
+# ----------------------------------------------------------------------------------------------- parser
+
+
+def _add_common(p: argparse.ArgumentParser, *, data: bool = False, recipe_set: bool = False) -> None:
+    if data:
+        p.add_argument("--data", metavar="ROOT", help="data root (default: $COMPRESS_DATA_ROOT or data/synthetic)")
+    if recipe_set:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe field, e.g. --set finetune.lr=1e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compress", description="Prune, fine-tune and evaluate HMR-style 3D human mesh recovery models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="parameters (encoder/regressor), MACs and widths of a model or checkpoint")
+    p.add_argument("target", metavar="MODEL|CKPT", help="a zoo model name (see `compress info list`) or a .pt file")
+    p.add_argument("--img-res", type=int, default=None, help="input resolution for MACs (default: the model's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model override, e.g. --set encoder_head=logits (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("data", help="generate the synthetic data root or build the HDF5 crop cache")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    q = dsub.add_parser("synth", help="write a complete SPIN-layout synthetic data root")
+    q.add_argument("--out", default=DEFAULT_DATA_ROOT, help="output folder (default: %(default)s)")
+    q.add_argument("--size", choices=["small", "default"], default="default", help="small: seconds, for tests")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--force", action="store_true", help="regenerate even if the root is complete")
+    q.set_defaults(func=cmd_data_synth)
+    q = dsub.add_parser("cache", help="pre-crop images into an HDF5 cache the datasets read instead")
+    _add_common(q, data=True)
+    q.add_argument("--datasets", default=EVAL_KEYS, help="comma-separated dataset keys (default: %(default)s)")
+    q.add_argument("--img-res", type=int, default=224)
+    q.set_defaults(func=cmd_data_cache)
+
+    p = sub.add_parser("eval", help="the full HMR evaluation suite on a checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT", help="our checkpoint, a run dir, or SPIN's model_checkpoint.pt")
+    _add_common(p, data=True)
+    p.add_argument("--datasets", default=EVAL_KEYS, help="comma-separated subset of %(default)s")
+    p.add_argument("--subset", type=int, default=None, help="first N samples of each dataset")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-res", type=int, default=None, help="crop size (default: the model's)")
+    p.add_argument("--name", default=None, help="zoo model name for SPIN/bare checkpoints (e.g. hmr_resnet50)")
+    p.add_argument("--save-dir", default=None, help="write per-sample results (.npz) and a JSON summary here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=_console(stderr=True), show_path=debug, show_time=False)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from compress import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _setup_logging(args.debug)
+    return _run(args.func, args)
+
+
+def _run(func: Callable, args) -> int:
+    try:
+        return int(func(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"compress: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("compress: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        if args.debug:
+            raise
+        print(f"compress: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
