@@ -147,6 +147,111 @@ def _print_rows(rows: list[list[str]], *, title: str) -> None:
     _console().print(table)
 
 
+# ----------------------------------------------------------------------------------------------- recipes
+
+
+def load_recipe_args(args):
+    """Load a recipe with `--set` overrides; `--data` / $COMPRESS_DATA_ROOT replace data.root."""
+    from compress.recipe import load_recipe
+
+    overrides = list(args.set)
+    root = args.data or os.environ.get("COMPRESS_DATA_ROOT")
+    if root:
+        overrides.append(f"data.root={root}")
+    return load_recipe(args.recipe, overrides=overrides)
+
+
+def _train_progress(bar, label: str):
+    task = {}
+
+    def progress(done: int, total: int, info: dict | None = None):
+        if "id" not in task:
+            task["id"] = bar.add_task(label, total=total)
+        desc = label
+        if info:
+            desc += "  " + "  ".join(f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, (int, float)))
+        bar.update(task["id"], completed=done, total=total, description=desc)
+
+    return progress
+
+
+def cmd_train(args) -> int:
+    from compress.train import run_train
+
+    recipe = load_recipe_args(args)
+    with _progress() as bar:
+        result = run_train(recipe, out_dir=args.out, resume=args.resume, progress=_train_progress(bar, "train"))
+    _print_summary("train", result)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from compress.prune import run_prune
+
+    recipe = load_recipe_args(args)
+    summary = run_prune(recipe, out_dir=args.out)
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_prune_summary(summary)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from compress.train import run_finetune
+
+    run = resolve_run(args.run)
+    overrides = list(args.set)
+    root = args.data or os.environ.get("COMPRESS_DATA_ROOT")
+    if root:
+        overrides.append(f"data.root={root}")
+    with _progress() as bar:
+        result = run_finetune(run, epochs=args.epochs, overrides=overrides, resume=args.resume,
+                              progress=_train_progress(bar, f"finetune {run.name}"))
+    _print_summary("finetune", result)
+    return 0
+
+
+def resolve_run(run: str | None) -> Path:
+    """--run DIR, else runs/latest; a clear error when neither exists."""
+    path = Path(run) if run else Path("runs") / "latest"
+    if not path.exists():
+        hint = "run `compress prune RECIPE` first, or pass --run runs/NAME"
+        raise UserError(f"no run at {path}: {hint}")
+    return path.resolve()
+
+
+def _print_summary(title: str, result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in result.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        table.add_row(str(key), str(value))
+    _console().print(table)
+
+
+def _print_prune_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    before, after = summary["before"], summary["after"]
+    table = Table(title=f"pruned -> {summary.get('checkpoint', '')}")
+    for head in ("", "before", "after", "change"):
+        table.add_column(head, justify="right")
+    for key in ("params_total", "params_encoder", "params_regressor", "macs"):
+        b, a = before[key], after[key]
+        table.add_row(key, f"{b:,}", f"{a:,}", f"{(a - b) / b * 100:+.1f}%" if b else "–")
+    _console().print(table)
+    for key in ("importance", "ratio", "scope", "global", "min_keep_fraction", "min_keep_layer"):
+        if key in summary:
+            _console().print(f"{key}: {summary[key]}")
+    for note in summary.get("notes", []):
+        _console().print(f"[yellow]note:[/] {note}")
+
+
 # ----------------------------------------------------------------------------------------------- parser
 
 
@@ -198,6 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dir", default=None, help="write per-sample results (.npz) and a JSON summary here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train a baseline HMR for any zoo model (SPIN losses, no discriminator)")
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, e.g. recipes/mbv2_baseline.yaml")
+    _add_common(p, data=True, recipe_set=True)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="structured channel pruning from a recipe -> runs/<name>/pruned.pt")
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, e.g. recipes/mbv2_p1.yaml")
+    _add_common(p, data=True, recipe_set=True)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("finetune", help="fine-tune a pruned run (default: runs/latest), e.g. --epochs 20 for FT(20)")
+    p.add_argument("--run", default=None, metavar="DIR", help="run directory (default: runs/latest)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's finetune.epochs)")
+    _add_common(p, data=True, recipe_set=True)
+    p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

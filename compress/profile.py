@@ -83,3 +83,223 @@ def model_info(target: str, **overrides) -> dict:
         "macs_counter": MACS_COUNTER,
         "widths": stage_widths(model),
     }
+
+
+# ----------------------------------------------------------------------------------------------- latency
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(model: nn.Module, x: torch.Tensor) -> float:
+    import time
+
+    _sync(x.device)
+    start = time.perf_counter()
+    model(x)
+    _sync(x.device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _stats(samples: list[float]) -> dict:
+    import statistics
+
+    q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else [samples[0]] * 9
+    return {"median_ms": statistics.median(samples), "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(samples)}
+
+
+@torch.no_grad()
+def interleaved_latency(
+    models: dict[str, nn.Module], *, img_res: int, batch_size: int = 1, device: str | torch.device = "cpu",
+    warmup: int = 3, repeats: int = 15,
+) -> dict[str, dict]:
+    """Latency of several models timed in alternation (A B A B ...), so machine noise hits all alike.
+
+    Each entry: median and 10/90th percentile in ms over `repeats` runs after `warmup` runs.
+    """
+    device = torch.device(device)
+    x = torch.randn(batch_size, 3, img_res, img_res, device=device)
+    for m in models.values():
+        m.eval().to(device)
+        for _ in range(warmup):
+            m(x)
+    samples: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for key, m in models.items():
+            samples[key].append(_time_once(m, x))
+    return {k: _stats(v) | {"batch": batch_size, "threads": torch.get_num_threads(), "device": str(device)}
+            for k, v in samples.items()}
+
+
+def measure_latency(model: nn.Module, *, img_res: int, batch_size: int = 1, device="cpu", warmup=3, repeats=15):
+    """Latency statistics of one model (see interleaved_latency)."""
+    return interleaved_latency({"m": model}, img_res=img_res, batch_size=batch_size, device=device,
+                               warmup=warmup, repeats=repeats)["m"]
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def estimate_memory_mb(model: nn.Module, *, img_res: int, batch_size: int, train: bool) -> float:
+    """Device-independent memory estimate in MiB.
+
+    Inference: parameters + buffers + the largest activation pair alive at once (input + output of a layer).
+    Training step: parameters, gradients, two Adam moments, and every tensor autograd saves for backward
+    (counted with saved-tensor hooks, each storage once).
+    """
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    device = next(model.parameters()).device
+    x = torch.randn(batch_size, 3, img_res, img_res, device=device)
+    if not train:
+        return (param_bytes + buffer_bytes + _peak_activation_bytes(model, x)) / 2**20
+    seen: set[int] = set()
+    saved = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal saved
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            saved += t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    model.eval()
+    return (4 * param_bytes + buffer_bytes + saved) / 2**20
+
+
+def _peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    peak = x.numel() * x.element_size()
+
+    def hook(_m, inputs, output):
+        nonlocal peak
+        size = sum(t.numel() * t.element_size() for t in (*inputs, output) if isinstance(t, torch.Tensor))
+        peak = max(peak, size)
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return peak
+
+
+def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, train: bool, device="cpu") -> float:
+    """Measured peak memory of one inference or training step, in MiB.
+
+    CUDA: torch.cuda.max_memory_allocated around the step. CPU: a fresh subprocess reports the growth of its
+    peak resident set size (ru_maxrss) across the step, so earlier work in this process does not count.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import json,resource,sys,torch;from compress.profile import _step_peak;"
+        f"print(json.dumps(_step_peak({str(checkpoint)!r},{img_res},{batch_size},{train},{str(device)!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe failed for {checkpoint}: {out.stderr.strip().splitlines()[-1:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _step_peak(checkpoint: str, img_res: int, batch_size: int, train: bool, device: str) -> float:
+    import resource
+
+    torch.set_num_threads(1)
+    model, _ = load_any(checkpoint)
+    model.to(device)
+    x = torch.randn(batch_size, 3, img_res, img_res, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5) if train else None
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    _one_step(model, x, opt)
+    if device.startswith("cuda"):
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+
+
+def _one_step(model: nn.Module, x: torch.Tensor, opt) -> None:
+    if opt is None:
+        with torch.no_grad():
+            model.eval()(x)
+        return
+    model.train()
+    out = model(x)
+    loss = sum(v.float().pow(2).mean() for k, v in out.items() if k != "features")
+    loss.backward()
+    opt.step()
+
+
+# ----------------------------------------------------------------------------------------------- cached profile
+
+
+def _cache_key(path: Path, img_res: int, device: str, batch_sizes: tuple[int, ...]) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "img_res": img_res, "device": device,
+            "batch_sizes": list(batch_sizes), "threads": torch.get_num_threads()}
+
+
+def profile_checkpoint(
+    path: str | Path, *, img_res: int | None = None, device: str = "cpu", retime: bool = False,
+    batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 15,
+) -> dict:
+    """Params, MACs, latency and memory of a checkpoint, cached in `<ckpt>.profile.json`.
+
+    The cache is reused while the checkpoint file, resolution, device, batch sizes and thread count are
+    unchanged; `retime=True` measures again.
+    """
+    import json
+
+    from compress.checkpoint import atomic_write_text
+
+    path = Path(path)
+    model, _ = load_any(str(path))
+    img_res = int(img_res or getattr(model, "img_res", 224))
+    key = _cache_key(path, img_res, device, tuple(batch_sizes))
+    cache = path.with_name(path.name + ".profile.json")
+    if cache.exists() and not retime:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["profile"]
+    profile = _profile_model(model, path, img_res=img_res, device=device, batch_sizes=batch_sizes, repeats=repeats)
+    atomic_write_text(cache, json.dumps({"key": key, "profile": profile}, indent=1))
+    return profile
+
+
+def _profile_model(model, path, *, img_res, device, batch_sizes, repeats) -> dict:
+    from compress.models import parameter_split
+
+    split = parameter_split(model)
+    latency = {f"b{b}": measure_latency(model, img_res=img_res, batch_size=b, device=device, repeats=repeats)
+               for b in batch_sizes}
+    b_train = min(8, max(batch_sizes))
+    mem = {
+        "infer_estimate": estimate_memory_mb(model, img_res=img_res, batch_size=1, train=False),
+        "train_estimate": estimate_memory_mb(model, img_res=img_res, batch_size=b_train, train=True),
+        "infer_measured": measured_peak_memory_mb(str(path), img_res=img_res, batch_size=1, train=False, device=device),
+        "train_measured": measured_peak_memory_mb(str(path), img_res=img_res, batch_size=b_train, train=True,
+                                                  device=device),
+        "train_batch": b_train,
+        "method": "cuda max_memory_allocated" if device.startswith("cuda") else "peak RSS growth in a fresh process",
+    }
+    first = f"b{batch_sizes[0]}"
+    return {
+        "params_total": split["total"], "params_encoder": split["encoder"], "params_regressor": split["regressor"],
+        "macs": count_macs(model, img_res), "macs_counter": MACS_COUNTER, "img_res": img_res,
+        "latency_ms": latency[first]["median_ms"],
+        "latency": latency | {"threads": torch.get_num_threads(), "device": device},
+        "peak_mem_mb": mem,
+    }
