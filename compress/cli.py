@@ -365,6 +365,12 @@ def _run(func: Callable, args) -> int:
             raise
         print(f"compress: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - last resort: one line instead of a traceback
+        if args.debug:
+            raise
+        print(f"compress: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
