@@ -252,6 +252,20 @@ def _print_prune_summary(summary: dict) -> None:
         _console().print(f"[yellow]note:[/] {note}")
 
 
+# ----------------------------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args) -> int:
+    from compress.demo import run_demo
+
+    with _progress() as bar:
+        result = run_demo(quick=args.quick, force=args.force, out=args.out, data=args.data,
+                          progress=lambda label: _train_progress(bar, label))
+    _console().print(result["report"])
+    _console().print(f"\nruns, report and plots: [bold]{result['out']}[/]  (data root: {result['data_root']})")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- parser
 
 
@@ -324,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, data=True, recipe_set=True)
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the synthetic benchmark (CPU-sized; resumable)")
+    p.add_argument("--quick", action="store_true", help="toy size: about two minutes")
+    p.add_argument("--force", action="store_true", help="start over instead of resuming")
+    p.add_argument("--out", default="runs/demo", help="where the demo's runs go (default: %(default)s)")
+    p.add_argument("--data", default=None, help="synthetic root to use/create (default: data/synthetic[-small])")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

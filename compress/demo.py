@@ -1,0 +1,91 @@
+"""`compress demo`: the whole pipeline on the synthetic benchmark, sized for a CPU.
+
+synthetic root -> MobileNetV2 baseline (train) -> P1 (prune 20%) -> FT -> P2 (a further 20%) -> FT -> report.
+Every stage is skipped when its output already exists (re-running resumes), unless `force`.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    synth: str  # synthetic root size
+    data_root: str
+    img_res: int
+    batch_size: int
+    train_epochs: int
+    train_steps: int  # optimizer steps per epoch
+    ft_epochs: tuple[int, int]  # FT after P1, FT after P2 (the study: 20 and 8)
+    ft_steps: int
+    eval_subset: Optional[int]
+    lr: float
+
+
+QUICK = DemoSize(synth="small", data_root="data/synthetic-small", img_res=64, batch_size=8, train_epochs=2,
+                 train_steps=6, ft_epochs=(2, 1), ft_steps=4, eval_subset=None, lr=1e-3)
+DEFAULT = DemoSize(synth="default", data_root="data/synthetic", img_res=128, batch_size=32, train_epochs=8,
+                   train_steps=60, ft_epochs=(4, 2), ft_steps=40, eval_subset=None, lr=1e-3)
+
+
+def _common(size: DemoSize, root: Path) -> list[str]:
+    return [f"data.root={root}", f"model.img_res={size.img_res}", f"eval.subset={size.eval_subset or 'null'}"]
+
+
+def _schedule(section: str, size: DemoSize, epochs: int, steps: int) -> list[str]:
+    return [f"{section}.epochs={epochs}", f"{section}.steps_per_epoch={steps}",
+            f"{section}.batch_size={size.batch_size}", f"{section}.lr={size.lr}"]
+
+
+def run_demo(
+    *, quick: bool = False, force: bool = False, out: str | Path = "runs/demo", data: str | None = None,
+    progress: Callable[[str], Callable] | None = None,
+) -> dict:
+    """Run (or resume) the demo pipeline; returns the report rows and where the outputs are."""
+    from compress.data.synthetic import generate_root
+    from compress.recipe import load_recipe
+    from compress.report import run_report
+    from compress.train import run_finetune, run_train
+
+    size = QUICK if quick else DEFAULT
+    out = Path(out) / ("quick" if quick else "default")
+    if force and out.exists():
+        shutil.rmtree(out)
+    root = Path(data or size.data_root)
+    generate_root(root, size=size.synth, seed=0, force=force)
+    common = _common(size, root)
+    bar = progress or (lambda label: None)
+
+    base = out / "mbv2_baseline"
+    if not (base / "trained.pt").exists():
+        recipe = load_recipe(RECIPES / "mbv2_baseline.yaml",
+                             common + _schedule("train", size, size.train_epochs, size.train_steps), env=False)
+        run_train(recipe, out_dir=base, resume=True, progress=bar("train baseline"))
+    p1 = _prune_and_finetune("mbv2_p1", out, base / "trained.pt", base / "trained.pt", common, size,
+                             size.ft_epochs[0], bar)
+    p2 = _prune_and_finetune("mbv2_p2", out, p1, base / "trained.pt", common, size, size.ft_epochs[1], bar)
+    rows, text = run_report([p2, p1], baseline=base / "trained.pt", fmt="md", plots=out / "plots", runs_dir=out)
+    return {"rows": rows, "report": text, "out": str(out), "data_root": str(root)}
+
+
+def _prune_and_finetune(name, out, start, teacher, common, size, epochs, bar) -> Path:
+    from compress.prune import run_prune
+    from compress.recipe import load_recipe
+    from compress.train import run_finetune
+
+    run = out / name
+    if not (run / "pruned.pt").exists():
+        overrides = common + [f"prune.from={start}", f"finetune.distill.teacher={teacher}"]
+        overrides += _schedule("finetune", size, epochs, size.ft_steps)
+        run_prune(load_recipe(RECIPES / f"{name}.yaml", overrides, env=False), out_dir=run)
+    if not (run / "finetuned.pt").exists():
+        run_finetune(run, epochs=epochs, resume=True, progress=bar(f"finetune {name}"))
+    return run
