@@ -1,0 +1,174 @@
+"""Recipes: every shipped recipe loads; strict conversion reports all errors at once; overrides; round trip."""
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.errors import UserError
+from compress.recipe import (
+    PruneSpec, Recipe, TrainSpec, apply_overrides, load_recipe, override_recipe, recipe_from_dict,
+    recipe_reference_markdown, recipe_to_dict, save_recipe,
+)
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _no_env_root(monkeypatch):
+    monkeypatch.delenv("COMPRESS_DATA_ROOT", raising=False)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_loads(path):
+    recipe = load_recipe(path)
+    assert recipe.name
+    assert recipe_from_dict(recipe_to_dict(recipe)) == recipe
+
+
+def _write(tmp_path, data, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_and_name_from_stem(tmp_path):
+    recipe = load_recipe(_write(tmp_path, {"prune": {"ratio": 0.3, "global": True}}, "my_run.yaml"))
+    assert recipe.name == "my_run"
+    assert recipe.model.name == "hmr_mobilenet_v2" and recipe.model.img_res == 224
+    assert recipe.data.mix == {"h36m": 0.3, "itw": 0.6, "mpi-inf-3dhp": 0.1}
+    assert recipe.prune == PruneSpec(ratio=0.3, global_=True)
+    assert recipe.train is None and recipe.finetune is None
+    assert recipe.eval.datasets == ["3dpw", "mpi-inf-3dhp", "h36m-p1", "h36m-p2", "lsp"]
+
+
+def test_recipes_are_frozen_and_defaults_not_shared():
+    a, b = Recipe(), Recipe()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.name = "x"
+    a.data.mix["h36m"] = 1.0
+    assert b.data.mix["h36m"] == 0.3
+
+
+def test_all_errors_reported_at_once_with_paths_and_hints():
+    bad = {
+        "modle": {},
+        "model": {"img_rez": 64, "img_res": "big"},
+        "prune": {"importance": "l3", "ratio": 1.5, "round_to": 3, "globl": True},
+        "train": {"epochs": 2.5, "amp": 1, "distill": {"teacher": 3}},
+        "data": {"mix": {"h36n": 0.3}},
+    }
+    with pytest.raises(UserError) as info:
+        recipe_from_dict(bad)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "recipe: 11 problems:"
+    text = str(info.value)
+    for expected in [
+        "modle: unknown key (did you mean 'model'?)",
+        "model.img_rez: unknown key (did you mean 'img_res'?)",
+        "model.img_res: expected int, got 'big' (str)",
+        "prune.importance: 'l3' is not one of l1, l2, bn_scale, taylor, lamp, fpgm, random",
+        "prune.ratio: must be < 1, got 1.5",
+        "prune.round_to: 3 is not one of 1, 2, 4, 8, 16",
+        "prune.globl: unknown key (did you mean 'global'?)",
+        "train.epochs: expected int, got 2.5 (float)",
+        "train.amp: expected bool, got 1 (int)",
+        "train.distill.teacher: expected str, got 3 (int)",
+        "data.mix: unknown name 'h36n' (did you mean 'h36m'?)",
+    ]:
+        assert expected in text
+
+
+def test_single_error_is_one_line(tmp_path):
+    path = _write(tmp_path, {"eval": {"batch_size": 0}})
+    with pytest.raises(UserError) as info:
+        load_recipe(path)
+    assert str(info.value) == f"{path}: eval.batch_size: must be >= 1, got 0"
+
+
+def test_cross_field_rules():
+    with pytest.raises(UserError, match="prune.ratio: give either `ratio` or `target`"):
+        recipe_from_dict({"prune": {"ratio": 0.2, "target": {"params_ratio": 0.5}}})
+    with pytest.raises(UserError, match="prune.target: give exactly one of"):
+        recipe_from_dict({"prune": {"target": {"params": 10, "macs": 10}}})
+    recipe = recipe_from_dict({"prune": {"target": {"macs_ratio": 0.5}}})
+    assert recipe.prune.target.macs_ratio == 0.5
+
+
+def test_overrides_parse_yaml_scalars_with_types(tmp_path):
+    path = _write(tmp_path, {"finetune": {"epochs": 3}})
+    recipe = load_recipe(path, overrides=[
+        "finetune.lr=1e-4", "finetune.epochs=8", "finetune.amp=false", "prune.ratio=0.25",
+        "model.overrides.encoder_head=logits", "eval.subset=null", "data.train_datasets=[h36m, coco]",
+        "prune.global=true",
+    ])
+    assert recipe.finetune == TrainSpec(lr=1e-4, epochs=8, amp=False)
+    assert isinstance(recipe.finetune.lr, float)
+    assert recipe.prune.ratio == 0.25 and recipe.prune.global_ is True
+    assert recipe.model.overrides == {"encoder_head": "logits"}
+    assert recipe.data.train_datasets == ["h36m", "coco"]
+    with pytest.raises(UserError, match="finetune.epochs: expected int, got 'many'"):
+        load_recipe(path, overrides=["finetune.epochs=many"])
+    with pytest.raises(UserError, match="expects key.path=value"):
+        load_recipe(path, overrides=["finetune.epochs"])
+    with pytest.raises(UserError, match="finetune.epochs is a value, not a section"):
+        load_recipe(path, overrides=["finetune.epochs.x=1"])
+
+
+def test_data_root_precedence(tmp_path, monkeypatch):
+    path = _write(tmp_path, {"data": {"root": "from/file"}})
+    assert load_recipe(path).data.root == "from/file"
+    monkeypatch.setenv("COMPRESS_DATA_ROOT", "from/env")
+    assert load_recipe(path).data.root == "from/env"
+    assert load_recipe(path, overrides=["data.root=from/cli"]).data.root == "from/cli"
+
+
+def test_save_round_trip_and_override_recipe(tmp_path):
+    recipe = recipe_from_dict({"name": "x", "prune": {"from": "runs/a", "global": True, "ignore": ["fc2"]},
+                               "finetune": {"distill": {"teacher": "t.pt"}}})
+    out = save_recipe(recipe, tmp_path / "run" / "recipe.yaml")
+    text = out.read_text()
+    assert "global: true" in text and "from: runs/a" in text
+    assert load_recipe(out) == recipe
+    assert not list(out.parent.glob("*.tmp"))
+    assert override_recipe(recipe, ["prune.ratio=0.5"]).prune.ratio == 0.5
+
+
+def test_apply_overrides_does_not_mutate():
+    data = {"train": {"lr": 1.0}}
+    assert apply_overrides(data, ["train.lr=2.0", "prune.ratio=0.1"]) == {"train": {"lr": 2.0}, "prune": {"ratio": 0.1}}
+    assert data == {"train": {"lr": 1.0}}
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="recipe not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="a recipe is a mapping"):
+        load_recipe(tmp_path / "list.yaml")
+
+
+def test_reference_lists_every_field_with_help():
+    text = recipe_reference_markdown()
+    from compress import recipe as mod
+
+    sections = [v for v in vars(mod).values() if isinstance(v, type) and dataclasses.is_dataclass(v)]
+    for cls in sections:
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+    for key in ["`model.img_res`", "`prune.global`", "`prune.from`", "`train.distill.rotmat`",
+                "`prune.target.latency_ms`", "`data.mix`", "`eval.subset`"]:
+        assert key in text
+    assert "| `prune.ratio` | float | `0.2` |" in text
+
+
+def test_no_torch_import():
+    code = "import sys, compress.recipe; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
