@@ -138,7 +138,7 @@ class DistillSpec:
 class TrainSpec:
     epochs: int = opt(20, "epochs", ge=0)
     steps_per_epoch: Optional[int] = opt(None, "optimizer steps per epoch (null: a full pass)", ge=1)
-    batch_size: int = opt(64, "batch size (per process under DDP)", ge=1)
+    batch_size: int = opt(64, "global batch size (split evenly over DDP processes)", ge=1)
     lr: float = opt(5e-5, "Adam learning rate", gt=0)
     weight_decay: float = opt(0.0, "Adam weight decay", ge=0)
     seed: int = opt(0, "random seed (data order, augmentation, init)")
