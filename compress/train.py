@@ -1,0 +1,677 @@
+"""Training and fine-tuning: one loop for `compress train` (a baseline) and `compress finetune` (a pruned run).
+
+Plain functions: `train_step`, `train_one_epoch`, `fit`, and the entry points `run_train` / `run_finetune`.
+SPIN's losses without the discriminator and without SMPLify in the loop (compress.losses); Adam, constant LR by
+default (SPIN). Evaluation is compress.eval.protocols.evaluate, the one evaluation function.
+
+Exact resume: every epoch starts by seeding torch/numpy/python from (seed, epoch, rank) and builds its DataLoader
+with a generator seeded the same way (the DistributedSampler order depends on seed + epoch only), so the random
+stream of epoch e does not depend on how the process got there. An epoch checkpoint (`last.pt`, atomic) holds the
+model, optimizer, scheduler, scaler, epoch, step, sampler seed/epoch and the RNG states; resuming after a SIGKILL
+re-runs the unfinished epoch and ends with the weights of an uninterrupted run.
+
+DDP (torchrun): the global batch `batch_size` is split evenly over the processes, so a run on N processes takes
+the same optimizer steps as a single process. BatchNorm layers are synchronised across processes for the same
+reason (the batch statistics are those of the global batch); torch's SyncBatchNorm is CUDA-only, so a small
+BatchNorm subclass that all-reduces its moments (differentiably) is swapped in for the run on every backend.
+Dropout draws from per-rank RNG streams (seeded from seed, epoch, rank): with dropout > 0 the ranks see
+different masks than a single process would (the weights stay identical across ranks).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from compress.errors import UserError
+from compress.geometry import batch_rodrigues
+from compress.losses import (LossWeights, check_finite, compute_losses, distill_losses, loss_values, loss_weights,
+                             spin_losses)
+
+log = logging.getLogger(__name__)
+
+TARGET_KEYS = ("keypoints", "pose_3d", "has_pose_3d", "pose", "betas", "has_smpl")
+STATE_FORMAT = "compress-train-state/1"
+LAST = "last.pt"
+LOG_FILE = "log.jsonl"
+
+Progress = Callable[[int, int, dict], None]  # (done steps, total steps, running values)
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torch.distributed job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # this module initialised the process group and tears it down
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group described by torchrun's environment (gloo on CPU, NCCL on CUDA); no-op when alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world <= 1:
+        return DistInfo()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=False)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
+
+
+def select_device(info: DistInfo) -> torch.device:
+    return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        dist.barrier()
+
+
+def _all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Average logged scalars over ranks, so that every rank logs and checks the same numbers (and a non-finite
+    loss stops every rank at the same step instead of leaving the others waiting in an all-reduce)."""
+    if info.world == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / info.world).tolist()))
+
+
+class _SyncBatchNormMixin:
+    """BatchNorm whose training statistics are those of the global batch over all processes (two-pass mean and
+    variance through differentiable all-reduces). Outside training or without a process group it is plain BN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=xf.dtype, device=xf.device)
+        n = all_reduce(count)
+        mean = all_reduce(xf.sum(dims)) / n  # (C,)
+        var = all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n  # biased, as used for normalising
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+class _SyncBatchNorm1d(_SyncBatchNormMixin, nn.BatchNorm1d):
+    pass
+
+
+class _SyncBatchNorm2d(_SyncBatchNormMixin, nn.BatchNorm2d):
+    pass
+
+
+_SYNC_BN = {nn.BatchNorm1d: _SyncBatchNorm1d, nn.BatchNorm2d: _SyncBatchNorm2d}
+
+
+def set_sync_batchnorm(model: nn.Module, enabled: bool) -> int:
+    """Switch BatchNorm1d/2d layers to (or back from) the synchronised variant in place, keeping the parameter and
+    buffer objects and state_dict keys. Returns the number of layers switched."""
+    back = {v: k for k, v in _SYNC_BN.items()}
+    n = 0
+    for m in model.modules():
+        cls = (_SYNC_BN if enabled else back).get(type(m))
+        if cls is not None:
+            m.__class__ = cls
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed that depends on (seed, epoch, rank) only."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """torch / CUDA / numpy / python RNG states as weights_only-loadable data (tensors, ints, floats, lists)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pystate, pygauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": {"version": version, "state": list(pystate), "gauss": pygauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# ----------------------------------------------------------------------------------------------- state and step
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a training step touches. `model` is the bare module (saved, evaluated); `net` is what the step
+    calls (the model, DDP-wrapped and/or compiled)."""
+
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    smpl: nn.Module
+    weights: LossWeights
+    img_res: int
+    device: torch.device
+    dist: DistInfo = DistInfo()
+    scaler: torch.amp.GradScaler | None = None
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    teacher: nn.Module | None = None
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+
+
+def _autocast(state: TrainState):
+    if state.amp_dtype is None:
+        return torch.autocast(state.device.type, enabled=False)
+    return torch.autocast(state.device.type, dtype=state.amp_dtype)
+
+
+def train_step(state: TrainState, batch: dict) -> dict[str, float]:
+    """One optimizer step on one batch; returns the loss values (averaged over ranks under DDP)."""
+    img = batch["img"].to(state.device, non_blocking=True)
+    if state.channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
+    targets = {k: batch[k].to(state.device, non_blocking=True).float() for k in TARGET_KEYS}
+    with _autocast(state):
+        out = state.net(img)
+    # SMPL and the losses run in float32 outside autocast (blend shapes and skinning lose too much in half)
+    pred = state.smpl(out["rotmat"].float(), out["betas"].float())
+    gt_vertices = None
+    if state.weights.shape > 0:
+        with torch.no_grad():
+            gt_rotmat = batch_rodrigues(targets["pose"].reshape(-1, 3)).reshape(-1, 24, 3, 3)
+            gt_vertices = state.smpl(gt_rotmat, targets["betas"]).vertices  # (B, 6890, 3)
+    terms = spin_losses(out, pred.vertices, pred.joints, targets, weights=state.weights, img_res=state.img_res,
+                        gt_vertices=gt_vertices)
+    if state.teacher is not None:
+        with torch.no_grad():
+            with _autocast(state):
+                t_out = state.teacher(img)
+            t_joints = state.smpl(t_out["rotmat"].float(), t_out["betas"].float()).joints  # (B, 49, 3)
+        terms.update(distill_losses(out, t_out, joints=pred.joints, teacher_joints=t_joints, weights=state.weights))
+    losses = compute_losses(terms, state.weights)
+    values = _all_reduce_mean(loss_values(losses), state.dist, state.device)
+    check_finite(values, where=f"epoch {state.epoch + 1}, step {state.step + 1}")
+
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.scaler is not None:
+        state.scaler.scale(losses["total"]).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        losses["total"].backward()
+        state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+    return values
+
+
+def train_one_epoch(state: TrainState, loader: Iterable[dict], *, max_steps: int | None = None,
+                    on_step: Callable[[dict], None] | None = None) -> dict[str, float]:
+    """Train over `loader` (at most `max_steps` batches). Returns the epoch means of every loss term plus
+    images_per_s (global images over wall time, data waiting included), time_s and steps."""
+    state.net.train()
+    if state.teacher is not None:
+        state.teacher.eval()
+    sums: dict[str, float] = {}
+    steps, images = 0, 0
+    t0 = time.perf_counter()
+    for batch in loader:
+        if max_steps is not None and steps >= max_steps:
+            break
+        values = train_step(state, batch)
+        steps += 1
+        images += batch["img"].shape[0] * state.dist.world
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if on_step is not None:
+            elapsed = time.perf_counter() - t0
+            on_step({**values, "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": images / elapsed})
+    elapsed = time.perf_counter() - t0
+    means = {k: v / max(steps, 1) for k, v in sums.items()}
+    return {**means, "images_per_s": images / elapsed if elapsed > 0 else 0.0, "time_s": elapsed, "steps": steps}
+
+
+# ----------------------------------------------------------------------------------------------- run files
+
+
+def append_log(run_dir: Path, record: dict) -> None:
+    with open(Path(run_dir) / LOG_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(run_dir: Path, *, phase: str, step: int) -> None:
+    """Drop log lines of `phase` written after optimizer step `step` (the unfinished epoch of a killed run)."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if rec.get("phase") != phase or rec.get("step", 0) <= step:
+            keep.append(line)
+    _atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    from compress.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def save_train_state(state: TrainState, path: Path, *, phase: str, stage: str, seed: int, epochs: int) -> None:
+    """The epoch checkpoint: enough to continue exactly (weights_only-loadable)."""
+    from compress.checkpoint import atomic_torch_save
+
+    payload = {
+        "format": STATE_FORMAT, "phase": phase, "stage": stage, "epoch": state.epoch, "step": state.step,
+        "epochs": epochs, "state_dict": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "sampler": {"seed": seed, "epoch": state.epoch}, "rng": rng_state(),
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_train_state(state: TrainState, path: Path, *, phase: str, stage: str) -> None:
+    """Restore an epoch checkpoint written by save_train_state into `state` (before DDP wrapping is irrelevant:
+    the wrapper shares the module's parameters)."""
+    payload = torch.load(path, map_location=state.device, weights_only=True)
+    if payload.get("format") != STATE_FORMAT or payload.get("phase") != phase:
+        raise UserError(f"{path} is not a {phase} checkpoint of this run (found {payload.get('phase')!r}): "
+                        "run without --resume to start over")
+    if payload.get("stage") != stage:
+        raise UserError(f"{path} belongs to stage {payload.get('stage')} but this run is {stage}: "
+                        "pass the same --epochs as the interrupted run, or run without --resume")
+    state.model.load_state_dict(payload["state_dict"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    if state.scaler is not None and payload.get("scaler"):
+        state.scaler.load_state_dict(payload["scaler"])
+    state.epoch, state.step = int(payload["epoch"]), int(payload["step"])
+    set_rng_state(payload["rng"])
+
+
+# ----------------------------------------------------------------------------------------------- fit
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How `fit` runs: length, seeding, logging and where epoch checkpoints go (None: nowhere)."""
+
+    epochs: int
+    steps_per_epoch: int | None = None
+    seed: int = 0
+    log_every: int = 20
+    run_dir: Path | None = None
+    checkpoint_every_epoch: bool = True
+    phase: str = "train"  # "train" or "finetune": what last.pt belongs to
+    stage: str = ""
+
+
+def fit(state: TrainState, make_loader: Callable[[int], Iterable[dict]], opts: FitOptions, *,
+        progress: Progress | None = None) -> dict[str, float]:
+    """Train from state.epoch to opts.epochs; `make_loader(epoch)` gives each epoch's batches. Rank 0 writes
+    log.jsonl and the epoch checkpoint. Returns the last epoch's means plus totals."""
+    main = state.dist.main
+    run_dir = Path(opts.run_dir) if opts.run_dir is not None else None
+    per_epoch = opts.steps_per_epoch
+    last: dict[str, float] = {}
+    t_start = time.perf_counter()
+    if state.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(state.device)
+    for epoch in range(state.epoch, opts.epochs):
+        seed_all(epoch_seed(opts.seed, epoch, state.dist.rank))
+        loader = make_loader(epoch)
+        n_steps = len(loader) if hasattr(loader, "__len__") else per_epoch
+        if per_epoch is not None and n_steps is not None:
+            n_steps = min(per_epoch, n_steps)
+        total = (n_steps or 0) * opts.epochs
+
+        def on_step(record: dict, epoch: int = epoch) -> None:
+            if main and run_dir is not None and state.step % opts.log_every == 0:
+                append_log(run_dir, {"phase": opts.phase, "kind": "step", "epoch": epoch + 1, "step": state.step,
+                                     **record})
+            if main and progress is not None:
+                progress(state.step, total, {"epoch": epoch + 1, "loss": record["total"],
+                                             "img/s": record["images_per_s"]})
+
+        last = train_one_epoch(state, loader, max_steps=per_epoch, on_step=on_step)
+        if last["steps"] == 0:
+            raise UserError("the training set gave no batch: lower the batch size or check data.train_datasets")
+        state.epoch = epoch + 1
+        if main:
+            log.info("%s epoch %d/%d: loss %.4g, %.1f images/s", opts.stage or opts.phase, state.epoch,
+                     opts.epochs, last["total"], last["images_per_s"])
+        if main and run_dir is not None:
+            append_log(run_dir, {"phase": opts.phase, "kind": "epoch", "epoch": state.epoch, "step": state.step,
+                                 "lr": state.optimizer.param_groups[0]["lr"], **last})
+            if opts.checkpoint_every_epoch:
+                save_train_state(state, run_dir / LAST, phase=opts.phase, stage=opts.stage, seed=opts.seed,
+                                 epochs=opts.epochs)
+    summary = {**{k: v for k, v in last.items() if k not in ("time_s", "steps")},
+               "epochs": state.epoch, "steps": state.step, "time_s": time.perf_counter() - t_start}
+    if state.device.type == "cuda":
+        summary["peak_train_mem_mb"] = torch.cuda.max_memory_allocated(state.device) / 2**20
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam over the model's current parameters (built after any load/prune: a pruned model has new parameter
+    objects) and SPIN's constant learning rate as a LambdaLR, so the checkpoint always has a scheduler state."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return optimizer, scheduler
+
+
+def amp_dtype(spec, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16 (with a GradScaler); None (fp32) on CPU or with amp off."""
+    if not spec.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def make_state(model: nn.Module, smpl: nn.Module, spec, *, img_res: int, device: torch.device, info: DistInfo,
+               teacher: nn.Module | None = None, distill: bool = True) -> TrainState:
+    """Move everything to the device, set up AMP / channels-last / compile / DDP, and the optimizer."""
+    model = model.to(device)
+    smpl = smpl.to(device)
+    if spec.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(model, spec)
+    dtype = amp_dtype(spec, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    net: nn.Module = model
+    if info.world > 1:
+        n_bn = set_sync_batchnorm(model, True)
+        if n_bn and info.main:
+            log.info("DDP: %d BatchNorm layers synchronised over %d processes", n_bn, info.world)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if spec.compile:
+        net = torch.compile(net)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    weights = loss_weights(spec, distill=distill and teacher is not None)
+    return TrainState(model=model, net=net, optimizer=optimizer, scheduler=scheduler, smpl=smpl, weights=weights,
+                      img_res=img_res, device=device, dist=info, scaler=scaler, amp_dtype=dtype,
+                      channels_last=spec.channels_last and device.type == "cuda",
+                      teacher=teacher if weights.distill else None)
+
+
+def train_dataset(recipe, *, img_res: int):
+    """SPIN's mixed training set over recipe.data.train_datasets (augmentation per recipe.data.augment)."""
+    from compress.data.datasets import MixedDataset
+
+    return MixedDataset(recipe.data.root, datasets=list(recipe.data.train_datasets), mix=dict(recipe.data.mix),
+                        img_res=img_res, is_train=True, augment=recipe.data.augment,
+                        image_roots=dict(recipe.data.image_roots), cache=recipe.data.cache)
+
+
+def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: DistInfo,
+                   pin_memory: bool = False) -> Callable[[int], torch.utils.data.DataLoader]:
+    """make_loader(epoch): this rank's share of a seeded shuffle of `dataset` (DistributedSampler, also for one
+    process, so the global order is the same for any world size) in batches of batch_size / world."""
+    if batch_size % info.world:
+        raise UserError(f"batch_size {batch_size} is not divisible by the {info.world} DDP processes: "
+                        f"use a multiple of {info.world} (the global batch is split evenly)")
+    per_rank = batch_size // info.world
+    if len(dataset) < batch_size:
+        raise UserError(f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size}: "
+                        "lower the batch size (--set finetune.batch_size=...)")
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True,
+                                                  seed=seed, drop_last=True)
+
+    def make_loader(epoch: int) -> torch.utils.data.DataLoader:
+        sampler.set_epoch(epoch)
+        # workers are re-created every epoch and seeded from this generator: epoch e's augmentation is fixed
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, info.rank))
+        return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                                           drop_last=True, pin_memory=pin_memory, generator=generator,
+                                           persistent_workers=False, prefetch_factor=4 if workers else None)
+
+    return make_loader
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+
+def run_train(recipe, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
+              progress: Progress | None = None) -> dict:
+    """`compress train`: a baseline for recipe.model (from scratch, ImageNet weights, or model.checkpoint) with
+    recipe.train; writes runs/NAME/{recipe.yaml, trained.pt, last.pt, log.jsonl, metrics/trained.json}."""
+    from compress.recipe import TrainSpec, save_recipe
+
+    spec = recipe.train or TrainSpec()
+    run_dir = Path(out_dir) if out_dir else Path("runs") / recipe.name
+    model, parent = initial_model(recipe)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    return _run(recipe, spec, model, run_dir=run_dir, phase="train", stage="trained", epochs=spec.epochs,
+                out_name="trained.pt", parent=parent, teacher=None, resume=resume, progress=progress)
+
+
+def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overrides: Iterable[str] = (),
+                 resume: bool = False, progress: Progress | None = None) -> dict:
+    """`compress finetune`: fine-tune the run's pruned.pt with the run's recipe (`overrides` as --set) for `epochs`
+    (default recipe.finetune.epochs), distilling from finetune.distill.teacher when set; writes finetuned.pt with
+    meta stage "FT(N)" and the evaluation metrics."""
+    from compress.checkpoint import load_checkpoint
+    from compress.recipe import TrainSpec, load_recipe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise UserError(f"{run_dir} has no recipe.yaml: pass a run directory made by `compress prune RECIPE`")
+    pruned = run_dir / "pruned.pt"
+    if not pruned.is_file():
+        raise UserError(f"{run_dir} has no pruned.pt: run `compress prune RECIPE` first")
+    recipe = load_recipe(run_dir / "recipe.yaml", overrides=list(overrides))
+    spec = recipe.finetune or TrainSpec()
+    n = spec.epochs if epochs is None else int(epochs)
+    if n < 0:
+        raise UserError(f"--epochs must be >= 0, got {n}")
+    model, meta = load_checkpoint(pruned)
+    teacher = load_teacher(spec, pruned_meta=meta, run_dir=run_dir)
+    return _run(recipe, spec, model, run_dir=run_dir, phase="finetune", stage=f"FT({n})", epochs=n,
+                out_name="finetuned.pt", parent=str(pruned), teacher=teacher, resume=resume, progress=progress)
+
+
+def initial_model(recipe) -> tuple[nn.Module, str | None]:
+    """The model a baseline starts from: recipe.model.checkpoint's weights, else a fresh zoo model (with ImageNet
+    encoder weights when model.pretrained). Returns (model, parent reference or None)."""
+    from compress.checkpoint import load_checkpoint
+    from compress.models import create_model
+
+    m = recipe.model
+    if m.checkpoint:
+        from compress.checkpoint import read_checkpoint_file
+
+        ours = "format_version" in read_checkpoint_file(m.checkpoint)
+        # our files name their model; SPIN files and bare state_dicts take it from the recipe
+        model, meta = load_checkpoint(m.checkpoint, name=None if ours else m.name, img_res=m.img_res)
+        return model, meta.get("path", str(m.checkpoint))
+    model = create_model(m.name, **{**m.overrides, "img_res": m.img_res, "pretrained": m.pretrained})
+    # the checkpoint must rebuild without asking for ImageNet weights again (they are in the state_dict)
+    model.config["overrides"].pop("pretrained", None)
+    return model, None
+
+
+def _resolve_ref(ref: str, *, near: Path) -> Path | None:
+    """A recorded checkpoint path -> an existing file: as written, or relative to a run directory (and its parent);
+    a run directory gives its finetuned.pt, trained.pt or pruned.pt."""
+    p = Path(ref)
+    for c in ([p] if p.is_absolute() else [p, near / p, near.parent / p]):
+        if c.is_dir():
+            c = next((c / n for n in ("finetuned.pt", "trained.pt", "pruned.pt") if (c / n).is_file()), c)
+        if c.is_file():
+            return c
+    return None
+
+
+def _chain_root(path: Path) -> Path:
+    """Follow `parent` links from a checkpoint to the first one (the unpruned baseline of a pruning chain)."""
+    from compress.checkpoint import read_checkpoint_file
+
+    seen = {path.resolve()}
+    while True:
+        raw = read_checkpoint_file(path)
+        ref = raw.get("parent")
+        ref = ref.get("path") if isinstance(ref, dict) else ref
+        nxt = _resolve_ref(str(ref), near=path.parent) if ref else None
+        if nxt is None or nxt.resolve() in seen:
+            return path
+        seen.add(nxt.resolve())
+        path = nxt
+
+
+def load_teacher(spec, *, pruned_meta: dict, run_dir: Path) -> nn.Module | None:
+    """The distillation teacher (eval mode, frozen): finetune.distill.teacher, or when it is empty the root of the
+    pruned checkpoint's parent chain (the unpruned baseline). None when distillation is off."""
+    from compress.checkpoint import load_checkpoint
+
+    kd = spec.distill
+    if kd is None:
+        return None
+    if kd.teacher:
+        path = _resolve_ref(kd.teacher, near=run_dir)
+        if path is None:
+            raise UserError(f"distillation teacher not found: {kd.teacher} (set finetune.distill.teacher to a "
+                            "checkpoint or run directory, or finetune.distill=null to train without a teacher)")
+    else:
+        ref = pruned_meta.get("parent")
+        first = _resolve_ref(str(ref), near=run_dir) if ref else None
+        if first is None:
+            raise UserError(f"finetune.distill.teacher is empty and {run_dir / 'pruned.pt'} records no existing "
+                            "parent: set --set finetune.distill.teacher=PATH (e.g. runs/mbv2_baseline/trained.pt)")
+        path = _chain_root(first)
+    teacher, _ = load_checkpoint(path)
+    log.info("distilling from %s", path)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: str, epochs: int, out_name: str,
+         parent: str | None, teacher: nn.Module | None, resume: bool, progress: Progress | None) -> dict:
+    """The part train and finetune share: DDP setup, resume, fit, evaluation, final checkpoint."""
+    from compress.smpl import SMPL
+
+    info = init_distributed()
+    try:
+        device = select_device(info)
+        run_dir = Path(run_dir)
+        if info.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        _barrier(info)
+        img_res = recipe.model.img_res
+        smpl = SMPL(recipe.data.root, gender="neutral")
+        state = make_state(model, smpl, spec, img_res=img_res, device=device, info=info, teacher=teacher)
+        last = run_dir / LAST
+        if resume and last.is_file():
+            load_train_state(state, last, phase=phase, stage=stage)
+            if info.main:
+                log.info("resuming %s from %s (epoch %d, step %d)", stage, last, state.epoch, state.step)
+                truncate_log(run_dir, phase=phase, step=state.step)
+        elif resume and info.main:
+            log.info("no %s to resume from: starting %s from the beginning", last, stage)
+        make_loader = loader_factory(train_dataset(recipe, img_res=img_res), batch_size=spec.batch_size,
+                                     workers=recipe.data.workers, seed=spec.seed, info=info,
+                                     pin_memory=device.type == "cuda")
+        opts = FitOptions(epochs=epochs, steps_per_epoch=spec.steps_per_epoch, seed=spec.seed,
+                          log_every=spec.log_every, run_dir=run_dir, phase=phase, stage=stage,
+                          checkpoint_every_epoch=spec.checkpoint_every_epoch)
+        summary = fit(state, make_loader, opts, progress=progress)
+        set_sync_batchnorm(state.model, False)
+        result: dict = {"run": str(run_dir), "stage": stage, **summary, "distill": state.teacher is not None}
+        if info.main:
+            result.update(_finish(state.model, recipe, run_dir=run_dir, out_name=out_name, stage=stage,
+                                  parent=parent, epochs=epochs, summary=summary, device=device,
+                                  distill=state.teacher is not None))
+        _barrier(info)
+        return result
+    finally:
+        if info.owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _finish(model: nn.Module, recipe, *, run_dir: Path, out_name: str, stage: str, parent: str | None, epochs: int,
+            summary: dict, device: torch.device, distill: bool) -> dict:
+    """Evaluate on recipe.eval, write metrics/<stem>.json and the stage checkpoint (rank 0 only)."""
+    from compress.checkpoint import atomic_write_text, save_checkpoint
+    from compress.eval.protocols import evaluate
+
+    model.eval()
+    e = recipe.eval
+    metrics = evaluate(model, recipe.data.root, datasets=list(e.datasets), img_res=recipe.model.img_res,
+                       batch_size=e.batch_size, subset=e.subset, device=device, workers=e.workers)
+    stem = Path(out_name).stem
+    (run_dir / "metrics").mkdir(exist_ok=True)
+    atomic_write_text(run_dir / "metrics" / f"{stem}.json",
+                      json.dumps({"stage": stage, "metrics": metrics}, indent=2))
+    out = save_checkpoint(model, run_dir / out_name, parent=parent, recipe=recipe, metrics=metrics, stage=stage,
+                          epochs=epochs, distill=distill, train=summary)
+    log.info("%s: wrote %s", stage, out)
+    return {"checkpoint": str(out), "metrics": metrics}
