@@ -1,0 +1,263 @@
+"""The before/after report on hand-made run directories: numbers come from the files, deltas by construction."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress import report
+from compress.report import collect_rows, compute_delta, pareto_front, render_csv, render_markdown, run_report
+
+# Hand-picked numbers so every delta is known: baseline 100 mm -> P1+FT 90 mm is -10 mm, -10 %.
+BASE_METRICS = {
+    "3dpw": {"n": 40, "mpjpe_mm": 100.0, "pa_mpjpe_mm": 60.0, "pve_mm": 120.0},
+    "mpi-inf-3dhp": {"n": 30, "mpjpe_mm": 110.0, "pa_mpjpe_mm": 80.0},
+    "h36m-p1": {"n": 20, "mpjpe_mm": 130.0, "pa_mpjpe_mm": 75.0},
+    "h36m-p2": {"n": 20, "mpjpe_mm": 140.0, "pa_mpjpe_mm": 76.0},
+    "lsp": {"n": 10, "fb_acc": 80.0, "fb_f1": 0.80, "parts_acc": 85.0, "parts_f1": 0.50},
+}
+FT1_METRICS = {
+    "3dpw": {"n": 40, "mpjpe_mm": 90.0, "pa_mpjpe_mm": 66.0, "pve_mm": 120.0},
+    "mpi-inf-3dhp": {"n": 30, "mpjpe_mm": 121.0, "pa_mpjpe_mm": 84.0},
+    "h36m-p1": {"n": 20, "mpjpe_mm": 130.0, "pa_mpjpe_mm": 70.0},
+    "h36m-p2": {"n": 20, "mpjpe_mm": 150.0, "pa_mpjpe_mm": 77.0},
+    "lsp": {"n": 10, "fb_acc": 88.0, "fb_f1": 0.76, "parts_acc": 85.0, "parts_f1": 0.55},
+}
+FT2_METRICS = {  # no LSP and no H36M-P2: "not evaluated"
+    "3dpw": {"n": 40, "mpjpe_mm": 95.0, "pa_mpjpe_mm": 63.0, "pve_mm": 118.0},
+    "mpi-inf-3dhp": {"n": 30, "mpjpe_mm": 115.0, "pa_mpjpe_mm": 82.0},
+    "h36m-p1": {"n": 20, "mpjpe_mm": 128.0, "pa_mpjpe_mm": 72.0},
+}
+
+
+def _profile(params: int, macs: int, latency: float, infer: float, train: float | None) -> dict:
+    b1 = {"median_ms": latency, "p10_ms": latency * 0.9, "p90_ms": latency * 1.2, "repeats": 15}
+    b32 = {"median_ms": latency * 20, "p10_ms": latency * 19, "p90_ms": latency * 22, "repeats": 15}
+    return {
+        "params_total": params, "params_encoder": params - 300, "params_regressor": 300, "macs": macs,
+        "macs_counter": "test counter", "img_res": 64, "latency_ms": latency,
+        "latency": {"b1": b1, "b32": b32, "threads": 1, "device": "cpu"},
+        "peak_mem_mb": {"infer_measured": infer, "train_measured": train, "infer_estimate": infer * 0.8,
+                        "train_estimate": 50.0, "train_batch": 8, "method": "peak RSS growth in a fresh process"},
+    }
+
+
+def _save(path: Path, *, parent: Path | None, metrics: dict | None, profile: dict, **meta) -> Path:
+    """A checkpoint in our format (metadata is all the report reads) plus a valid profile cache beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {"format_version": 1, "model": {"name": "hmr_tiny", "overrides": {}, "widths": {}},
+            "state_dict": {"w": torch.zeros(3)}, "parent": str(parent) if parent else None, "recipe": {},
+            "metrics": metrics or {}, "created": "2026-11-25T18:00:00"} | meta
+    torch.save(ckpt, path)
+    st = path.stat()
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "img_res": 64, "device": "cpu", "batch_sizes": [1, 32],
+           "threads": 1}
+    path.with_name(path.name + ".profile.json").write_text(json.dumps({"key": key, "profile": profile}))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """baseline -> P1 -> P1+FT(20) -> P2 -> P2+FT(8) in three run directories; runs/latest -> p2."""
+    import compress.profile
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the report re-timed a model whose profile is cached")
+
+    monkeypatch.setattr(compress.profile, "profile_checkpoint", no_timing)
+    r = tmp_path / "runs"
+    base = _save(r / "base" / "trained.pt", parent=None, metrics=BASE_METRICS,
+                 profile=_profile(1000, 2_000_000_000, 10.0, 40.0, 200.0))
+    p1 = _save(r / "p1" / "pruned.pt", parent=base, metrics=None, profile=_profile(800, 1_500_000_000, 8.0, 30.0, 150.0))
+    ft1 = _save(r / "p1" / "finetuned.pt", parent=p1, metrics=FT1_METRICS, stage="FT(20)",
+                profile=_profile(800, 1_500_000_000, 12.5, 30.0, 150.0))
+    p2 = _save(r / "p2" / "pruned.pt", parent=ft1, metrics=None, profile=_profile(600, 1_000_000_000, 6.0, 25.0, None))
+    ft2 = _save(r / "p2" / "finetuned.pt", parent=p2, metrics=FT2_METRICS, stage="FT(8)",
+                profile=_profile(600, 1_000_000_000, 6.0, 25.0, None))
+    (r / "p2" / "metrics").mkdir()
+    os.symlink("p2", r / "latest")
+    return {"dir": r, "base": base, "p1": p1, "ft1": ft1, "p2": p2, "ft2": ft2}
+
+
+def test_rows_follow_the_chain_and_equal_the_files(runs):
+    rows = json.loads(report.render_json(collect_rows(runs_dir=runs["dir"])))
+    assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)", "P2", "P2+FT(8)"]
+    assert [r["run"] for r in rows] == ["base", "p1", "p1", "p2", "p2"]
+    for row, key in zip(rows, ["base", "p1", "ft1", "p2", "ft2"]):
+        path = runs[key]
+        assert row["checkpoint"] == str(path.resolve())
+        meta = torch.load(path, weights_only=True)
+        assert row["metrics"] == meta["metrics"]
+        prof = json.loads(path.with_name(path.name + ".profile.json").read_text())["profile"]
+        for field in ("params_total", "params_encoder", "params_regressor", "macs", "latency_ms"):
+            assert row[field] == prof[field]
+        assert row["latency_b32_ms"] == prof["latency"]["b32"]["median_ms"]
+        for k, v in prof["peak_mem_mb"].items():
+            assert row["peak_mem_mb"][k] == v
+    assert rows[1]["parent"] == str(runs["base"].resolve())
+
+
+def test_deltas_by_construction(runs):
+    rows = collect_rows(runs_dir=runs["dir"])
+    base, ft1 = rows[0], rows[2]
+    assert base["delta"] == {}
+    d = ft1["delta"]
+    assert d["metrics"]["3dpw"]["mpjpe_mm"] == {"abs": -10.0, "pct": -10.0, "better": True}
+    assert d["metrics"]["3dpw"]["pa_mpjpe_mm"] == {"abs": 6.0, "pct": pytest.approx(10.0), "better": False}
+    assert d["metrics"]["3dpw"]["pve_mm"]["better"] is None  # equal: no direction
+    assert d["metrics"]["lsp"]["fb_acc"] == {"abs": 8.0, "pct": 10.0, "better": True}  # higher is better
+    assert d["metrics"]["lsp"]["fb_f1"]["better"] is False
+    assert d["metrics"]["lsp"]["parts_f1"]["pct"] == pytest.approx(10.0)
+    assert "n" not in d["metrics"]["3dpw"]
+    assert d["params_total"] == {"abs": -200, "pct": -20.0, "better": True}
+    assert d["macs"]["pct"] == -25.0
+    assert d["latency_ms"] == {"abs": 2.5, "pct": 25.0, "better": False}
+    assert d["peak_mem_mb"]["train"] == {"abs": -50.0, "pct": -25.0, "better": True}
+    # P2 has no measured training memory: the estimate stands in, and the delta compares estimates.
+    p2 = rows[3]
+    assert p2["peak_mem_mb"]["train"] == 50.0 and p2["notes"]["train_mem_mb"] == "estimate (no measurement)"
+    assert "lsp" not in rows[4]["delta"].get("metrics", {})
+
+
+def test_compute_delta_zero_baseline_has_no_percent():
+    d = compute_delta({"macs": 5, "metrics": {}}, {"macs": 0, "metrics": {}})
+    assert d["macs"] == {"abs": 5, "pct": None, "better": False}
+
+
+def test_missing_values_show_a_dash_and_a_footnote(runs):
+    rows = collect_rows(runs_dir=runs["dir"])
+    assert rows[1]["notes"]["3dpw_mpjpe_mm"] == "not evaluated"
+    md = render_markdown(rows)
+    p1_line = next(line for line in md.splitlines() if line.startswith("| P1 |"))
+    cells = [c.strip() for c in p1_line.strip("|").split("|")]
+    assert sum(c.startswith("–") for c in cells) == 13  # every metric column of the pruned model
+    mark = cells[-1][1:]
+    assert mark and f"- {mark} not evaluated" in md
+    p2ft_line = next(line for line in md.splitlines() if line.startswith("| P2+FT(8) |"))
+    assert p2ft_line.rstrip(" |").endswith("–" + mark)  # LSP parts F1 not evaluated for P2+FT(8)
+    table = report.render_table(rows, width=120, color=False)
+    assert "–" in table and "not evaluated" in table
+    # Columns nobody has are dropped, and the footer says which and why.
+    header = next(line for line in md.splitlines() if line.startswith("| stage |"))
+    assert "3DPW PVE" in header and "MPI-INF-3DHP PVE" not in header and "GPU ms b1" not in header
+    assert "MPI-INF-3DHP PVE" in md
+    if not torch.cuda.is_available():
+        assert "not shown (no CUDA): GPU ms b1" in md
+
+
+def test_table_colours_only_direction(runs):
+    rows = collect_rows(runs_dir=runs["dir"])
+    text = report.render_table(rows, width=400, color=True)
+    assert "\x1b[32m" in text and "\x1b[31m" in text  # green better, red worse
+    plain = report.render_table(rows, width=400, color=False)
+    assert "\x1b[" not in plain
+    assert "−10.0 (−10.0%)" in plain  # 3DPW MPJPE of P1+FT(20)
+
+
+def test_csv_has_units_and_the_same_numbers(runs):
+    rows = collect_rows(runs_dir=runs["dir"])
+    lines = list(csv.DictReader(io.StringIO(render_csv(rows))))
+    header = list(lines[0])
+    for key in ("params", "macs_g", "latency_ms", "infer_mem_mb", "train_mem_mb", "3dpw_mpjpe_mm",
+                "3dpw_pa_mpjpe_mm", "mpi_inf_3dhp_mpjpe_mm", "h36m_p1_pa_mpjpe_mm", "h36m_p2_mpjpe_mm",
+                "lsp_fb_acc_pct", "lsp_fb_f1", "lsp_parts_acc_pct", "lsp_parts_f1", "3dpw_mpjpe_mm_delta",
+                "3dpw_mpjpe_mm_delta_pct"):
+        assert key in header
+    ft1 = lines[2]
+    assert ft1["stage"] == "P1+FT(20)"
+    assert int(ft1["params"]) == 800 and float(ft1["macs_g"]) == pytest.approx(1.5)
+    assert float(ft1["3dpw_mpjpe_mm"]) == 90.0 and float(ft1["3dpw_mpjpe_mm_delta"]) == -10.0
+    assert float(ft1["3dpw_mpjpe_mm_delta_pct"]) == -10.0
+    assert lines[1]["3dpw_mpjpe_mm"] == ""  # not evaluated -> empty, not zero
+
+
+def test_explicit_run_and_baseline(runs):
+    rows = collect_rows([runs["dir"] / "p1"], runs_dir=runs["dir"])
+    assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)"]
+    # Against P1+FT(20) as the baseline: its own row is the reference, P2+FT(8) is compared with it.
+    rows = collect_rows(["p2"], baseline=runs["ft1"], runs_dir=runs["dir"])
+    assert rows[0]["checkpoint"] == str(runs["ft1"].resolve()) and rows[0]["stage"] == "baseline"
+    ft2 = next(r for r in rows if r["stage"] == "P2+FT(8)")
+    assert ft2["delta"]["metrics"]["3dpw"]["mpjpe_mm"]["abs"] == pytest.approx(5.0)
+    assert ft2["baseline"] == str(runs["ft1"].resolve())
+
+
+def test_missing_parent_and_sample_mismatch_are_footnoted(tmp_path, monkeypatch):
+    import compress.profile
+
+    monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
+    r = tmp_path / "runs"
+    gone = tmp_path / "elsewhere" / "trained.pt"
+    p1 = _save(r / "p1" / "pruned.pt", parent=gone, metrics={"3dpw": {"n": 5, "mpjpe_mm": 1.0, "pa_mpjpe_mm": 1.0}},
+               profile=_profile(10, 10, 1.0, 1.0, 1.0))
+    rows = collect_rows(runs_dir=r)
+    assert len(rows) == 1 and rows[0]["notes"]["row"].startswith("parent checkpoint")
+    # a mismatch of sample counts is flagged next to the numbers it affects
+    base = _save(r / "base" / "trained.pt", parent=None,
+                 metrics={"3dpw": {"n": 7, "mpjpe_mm": 2.0, "pa_mpjpe_mm": 2.0}}, profile=_profile(20, 20, 2, 2, 2))
+    _save(p1, parent=base, metrics={"3dpw": {"n": 5, "mpjpe_mm": 1.0, "pa_mpjpe_mm": 1.0}},
+          profile=_profile(10, 10, 1.0, 1.0, 1.0))
+    rows = collect_rows(["p1"], runs_dir=r)
+    assert rows[1]["notes"]["3dpw_mpjpe_mm"] == "3DPW: 5 samples vs 7 for the baseline"
+    # a checkpoint changed after profiling is profiled again (here: fails, and says so)
+    p1.with_name("pruned.pt.profile.json").write_text("{}")
+    rows = collect_rows(["p1"], runs_dir=r)
+    assert rows[1]["params_total"] is None and rows[1]["notes"]["params"].startswith("not profiled (OSError")
+
+
+def test_stale_cache_or_retime_calls_the_profiler(runs, monkeypatch):
+    import compress.profile
+
+    calls = []
+
+    def fake_profile(path, *, device="cpu", retime=False, **kwargs):
+        calls.append((Path(path).name, retime))
+        return _profile(1, 1, 1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(compress.profile, "profile_checkpoint", fake_profile)
+    collect_rows(["base"], runs_dir=runs["dir"], retime=True)
+    assert calls == [("trained.pt", True)]
+
+
+def test_run_report_md_writes_report_and_plots(runs, tmp_path):
+    (runs["dir"] / "p1" / "log.jsonl").write_text(
+        "\n".join(json.dumps({"step": s, "epoch": s // 10, "loss": 5.0 / (1 + s), "loss_keypoints": 1.0 / (1 + s)})
+                  for s in range(0, 60, 3)) + "\n{half a line")
+    plots = tmp_path / "plots"
+    rows, out = run_report(fmt="md", plots=plots, runs_dir=runs["dir"])
+    assert out == str(runs["dir"] / "report.md") and Path(out).read_text() == render_markdown(rows)
+    files = sorted(p.name for p in plots.iterdir())
+    assert files == ["curve_p1.png", "latency.png", "params_vs_pa_mpjpe.png"]  # no log.jsonl in p2: skipped
+    for name in files:
+        data = (plots / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    _, text = run_report(fmt="json", runs_dir=runs["dir"])
+    assert json.loads(text)[0]["stage"] == "baseline"
+
+
+def test_training_curve_reads_losses_and_skips_bad_lines(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 3.0, "losses": {"pose": 1.0}}\n{"epoch": 1, "eval": {}}\nnot json\n'
+                   '{"step": 2, "loss": 2.0, "losses": {"pose": 0.5}}\n')
+    series = report.training_curve(report.read_log(log))
+    assert series["loss"] == ([1, 2], [3.0, 2.0])
+    assert series["loss_pose"] == ([1, 2], [1.0, 0.5])
+
+
+def test_pareto_front():
+    pts = [(1.0, 80.0), (2.0, 70.0), (3.0, 75.0), (0.5, 90.0), (2.0, 72.0)]
+    assert pareto_front(pts) == [3, 0, 1]
+
+
+def test_no_runs_is_a_user_error(tmp_path):
+    from compress.errors import UserError
+
+    with pytest.raises(UserError, match="no runs under"):
+        collect_rows(runs_dir=tmp_path / "runs")
+    with pytest.raises(UserError, match="unknown report format"):
+        run_report(fmt="xml", runs_dir=tmp_path)
