@@ -100,6 +100,23 @@ def _all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.dev
     return dict(zip(values, (t / info.world).tolist()))
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is again the sum over processes (each rank's loss depends on every
+    rank's input through the shared batch statistics)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class _SyncBatchNormMixin:
     """BatchNorm whose training statistics are those of the global batch over all processes (two-pass mean and
     variance through differentiable all-reduces). Outside training or without a process group it is plain BN."""
@@ -107,8 +124,7 @@ class _SyncBatchNormMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()

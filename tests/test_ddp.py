@@ -1,0 +1,103 @@
+"""DDP on the CPU (gloo): 2 processes under torchrun end with identical weights, equal to one process at the same
+global batch.
+
+Why they can match: the global batch is split evenly (DistributedSampler over the same seeded permutation), DDP
+averages gradients, BatchNorm is synchronised over the processes (compress.train.set_sync_batchnorm), every sample
+has SMPL and 3D ground truth (SPIN's masked means are per-process means otherwise) and dropout is 0 (its masks
+come from per-rank RNG streams).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent('''
+    import sys, types
+    import torch
+    from torch import nn
+    from compress.models import create_model
+    from compress.train import DistInfo, FitOptions, fit, init_distributed, loader_factory, make_state, set_sync_batchnorm
+
+    torch.set_num_threads(1)
+    RES = 32
+
+    class FakeSMPL(nn.Module):
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.register_buffer("w", torch.randn(24 * 9 + 10, 49 * 3, generator=g) * 0.02)
+        def forward(self, rotmat, betas):
+            j = (torch.cat([rotmat.flatten(1), betas], 1) @ self.w).view(-1, 49, 3)
+            return types.SimpleNamespace(vertices=j, joints=j)
+
+    class ToyData(torch.utils.data.Dataset):
+        def __init__(self, n=24):
+            g = torch.Generator().manual_seed(1)
+            self.img = torch.randn(n, 3, RES, RES, generator=g)
+            self.kp = torch.rand(n, 49, 3, generator=g) * 2 - 1
+            self.kp[:, :, 2] = 1
+            self.p3 = torch.randn(n, 24, 4, generator=g) * 0.2
+            self.p3[:, :, 3] = 1
+            self.pose = torch.randn(n, 72, generator=g) * 0.2
+        def __len__(self):
+            return len(self.img)
+        def __getitem__(self, i):
+            return {"img": self.img[i], "keypoints": self.kp[i], "pose_3d": self.p3[i], "has_pose_3d": torch.tensor(1.),
+                    "pose": self.pose[i], "betas": torch.zeros(10), "has_smpl": torch.tensor(1.)}
+
+    spec = types.SimpleNamespace(lr=1e-3, weight_decay=0.0, amp=False, channels_last=False, compile=False, kp2d=5.0,
+                                 kp3d=5.0, pose=1.0, betas=0.001, shape=0.0, cam=1.0, openpose_weight=0.0,
+                                 gt_weight=1.0, loss_scale=60.0, distill=None)
+    info = init_distributed()
+    torch.manual_seed(0)
+    model = create_model("hmr_tiny", img_res=RES)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    state = make_state(model, FakeSMPL(), spec, img_res=RES, device=torch.device("cpu"), info=info)
+    make_loader = loader_factory(ToyData(), batch_size=8, workers=0, seed=0, info=info)
+    summary = fit(state, make_loader, FitOptions(epochs=2, steps_per_epoch=2))
+    set_sync_batchnorm(state.model, False)
+    torch.save({"state_dict": state.model.state_dict(), "loss": summary["total"], "steps": state.step},
+               f"{sys.argv[1]}/rank{info.rank}_of{info.world}.pt")
+    if info.owned:
+        torch.distributed.destroy_process_group()
+''')
+
+
+def _run(args: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_process_ddp_matches_single_process(tmp_path):
+    script = tmp_path / "ddp_worker.py"
+    script.write_text(SCRIPT)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+          str(tmp_path)], tmp_path)
+    _run([sys.executable, str(script), str(tmp_path)], tmp_path)
+    r0, r1, single = (torch.load(tmp_path / name, weights_only=True)
+                      for name in ("rank0_of2.pt", "rank1_of2.pt", "rank0_of1.pt"))
+    assert r0["steps"] == r1["steps"] == single["steps"] == 4
+    for key, a in r0["state_dict"].items():
+        assert torch.equal(a, r1["state_dict"][key]), f"ranks differ in {key}"
+    moved = 0
+    for key, a in r0["state_dict"].items():
+        b = single["state_dict"][key]
+        if a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"{key}: max diff {(a - b).abs().max():.3g}"
+            moved += 1
+        else:
+            assert torch.equal(a, b), key
+    assert moved > 10
+    assert abs(r0["loss"] - single["loss"]) < 1e-4 * max(1.0, abs(single["loss"]))
