@@ -261,3 +261,31 @@ def test_no_runs_is_a_user_error(tmp_path):
         collect_rows(runs_dir=tmp_path / "runs")
     with pytest.raises(UserError, match="unknown report format"):
         run_report(fmt="xml", runs_dir=tmp_path)
+
+
+def test_real_checkpoints_profiled_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """End to end with save_checkpoint and the real profiler; the second report times nothing."""
+    import compress.profile
+    from compress.checkpoint import save_checkpoint
+    from compress.models import create_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    # The measured peak runs in a fresh process (seconds); its stand-in keeps this test fast.
+    monkeypatch.setattr(compress.profile, "measured_peak_memory_mb", lambda *a, train, **k: 20.0 if train else 10.0)
+    r = tmp_path / "runs"
+    model = create_model("hmr_tiny", img_res=32)
+    base = save_checkpoint(model, r / "base" / "trained.pt", metrics={"3dpw": BASE_METRICS["3dpw"]})
+    model.fc1 = torch.nn.Linear(model.fc1.in_features, 48)  # a regressor pruned by hand: hidden 64 -> 48
+    for head in ("decpose", "decshape", "deccam"):
+        setattr(model, head, torch.nn.Linear(48, getattr(model, head).out_features))
+    model.fc2 = torch.nn.Linear(48, 48) if getattr(model, "fc2", None) is not None else None
+    save_checkpoint(model, r / "p1" / "pruned.pt", parent=str(base))
+    first = json.loads(run_report(fmt="json", runs_dir=r)[1])
+    assert [row["stage"] for row in first] == ["baseline", "P1"]
+    assert first[1]["params_total"] < first[0]["params_total"] and first[1]["delta"]["params_total"]["better"]
+    for row in first:
+        cache = json.loads(Path(row["checkpoint"] + ".profile.json").read_text())["profile"]
+        assert row["macs"] == cache["macs"] and row["latency_ms"] == cache["latency"]["b1"]["median_ms"]
+    monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: pytest.fail("re-timed"))
+    assert json.loads(run_report(fmt="json", runs_dir=r)[1]) == first
