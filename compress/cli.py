@@ -252,6 +252,38 @@ def _print_prune_summary(summary: dict) -> None:
         _console().print(f"[yellow]note:[/] {note}")
 
 
+# ----------------------------------------------------------------------------------------------- report, export
+
+
+def cmd_report(args) -> int:
+    from compress.report import run_report
+
+    fmt = "json" if args.json else args.format
+    rows, out = run_report(args.runs or None, baseline=args.baseline, fmt=fmt, plots=args.plots, retime=args.retime,
+                           runs_dir=args.runs_dir, device=args.device, onnx=args.onnx_latency,
+                           width=_console().width, color=sys.stdout.isatty())
+    if fmt == "md":
+        _console().print(f"report written: [bold]{out}[/] ({len(rows)} rows)")
+    else:
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    if args.plots:
+        _console(stderr=True).print(f"plots in [bold]{args.plots}[/]")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from compress.export import export_onnx
+
+    info = export_onnx(args.checkpoint, args.onnx, img_res=args.img_res, opset=args.opset)
+    if args.json:
+        _print_json(info)
+        return 0
+    diff = ", ".join(f"{k} {v:.1e}" for k, v in info["max_abs_diff"].items())
+    _console().print(f"ONNX (opset {info['opset']}, dynamic batch, {info['img_res']} px): [bold]{info['path']}[/]"
+                     f" {info['size_mb']:.1f} MB; onnxruntime vs PyTorch max abs diff: {diff}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- demo
 
 
@@ -338,6 +370,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, data=True, recipe_set=True)
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("report", help="before/after tables (params, MACs, latency, memory, metrics) vs the baseline")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run directories or names (default: all under runs/)")
+    p.add_argument("--baseline", metavar="CKPT", default=None,
+                   help="reference for the deltas (default: the root of each run's chain of parents)")
+    p.add_argument("--format", choices=["table", "md", "csv", "json"], default="table",
+                   help="md writes <runs-dir>/report.md (default: %(default)s)")
+    p.add_argument("--plots", metavar="DIR", default=None, help="write PNG plots here")
+    p.add_argument("--retime", action="store_true", help="measure latency and memory again (ignore the cache)")
+    p.add_argument("--onnx-latency", action="store_true", help="add an onnxruntime CPU latency column")
+    p.add_argument("--device", default="cpu", help="device for profiling (default: %(default)s)")
+    p.add_argument("--runs-dir", default="runs", help="where runs live (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (dynamic batch), verified in onnxruntime")
+    p.add_argument("checkpoint", metavar="CKPT", help="our checkpoint, a run dir, or a zoo model name")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
+    p.add_argument("--img-res", type=int, default=None, help="input resolution (default: the model's)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic benchmark (CPU-sized; resumable)")
     p.add_argument("--quick", action="store_true", help="toy size: about two minutes")
