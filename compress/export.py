@@ -100,7 +100,7 @@ def export_onnx(
         "size_mb": out.stat().st_size / 2**20,
         "params": sum(p.numel() for p in model.parameters()),
     }
-    log.info("exported %s (max abs diff %.2e vs PyTorch)", out, worst)
+    log.debug("exported %s (max abs diff %.2e vs PyTorch)", out, worst)
     return info
 
 

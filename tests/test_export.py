@@ -103,3 +103,16 @@ def test_onnx_latency_stats(tmp_path):
     stats = onnx_latency(info["path"], img_res=IMG_RES, batch=2, repeats=5, warmup=1, threads=1)
     assert stats["repeats"] == 5 and stats["batch"] == 2 and stats["threads"] == 1
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+
+
+def test_cli_export(tmp_path, capsys):
+    import json
+
+    from compress.checkpoint import save_checkpoint
+    from compress.cli import main
+
+    path = save_checkpoint(_tiny(), tmp_path / "tiny.pt")
+    assert main(["export", str(path), "--onnx", str(tmp_path / "out" / "tiny.onnx"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["path"] == str(tmp_path / "out" / "tiny.onnx") and info["max_abs_diff_all"] <= 1e-4
+    assert main(["export", str(tmp_path / "nope.pt"), "--onnx", str(tmp_path / "x.onnx")]) == 2

@@ -289,3 +289,20 @@ def test_real_checkpoints_profiled_once_then_read_from_the_cache(tmp_path, monke
         assert row["macs"] == cache["macs"] and row["latency_ms"] == cache["latency"]["b1"]["median_ms"]
     monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: pytest.fail("re-timed"))
     assert json.loads(run_report(fmt="json", runs_dir=r)[1]) == first
+    # The optional onnxruntime column: exported, timed once, then cached beside the checkpoint.
+    rows = collect_rows(runs_dir=r, onnx=True)
+    assert all(row["onnx_latency_ms"] > 0 for row in rows) and "onnx_latency_ms" in rows[1]["delta"]
+    assert Path(rows[1]["checkpoint"] + ".onnx-latency.json").is_file()
+    assert collect_rows(runs_dir=r, onnx=True)[1]["onnx_latency_ms"] == rows[1]["onnx_latency_ms"]
+
+
+def test_cli_report(runs, capsys):
+    from compress.cli import main
+
+    assert main(["report", "--runs-dir", str(runs["dir"]), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)", "P2", "P2+FT(8)"]
+    assert main(["report", "p1", "--runs-dir", str(runs["dir"]), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("run,stage,model,checkpoint,parent,params,")
+    assert main(["report", "missing", "--runs-dir", str(runs["dir"])]) == 2
+    assert "no run or checkpoint at missing" in capsys.readouterr().err
