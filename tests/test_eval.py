@@ -1,0 +1,84 @@
+"""LSP rendering and uncrop, result tables, and the evaluation suite end to end on the synthetic root."""
+import numpy as np
+import pytest
+import torch
+
+from compress.eval.render import (
+    crop_box, face_labels_from_texture, face_labels_from_vertex_labels, load_face_labels, render_parts,
+    resize_nearest, uncrop,
+)
+from compress.errors import UserError
+
+
+def test_face_labels_majority_of_vertices():
+    vp = np.array([0, 1, 1, 2, 3])
+    faces = np.array([[0, 1, 2], [1, 3, 4], [3, 2, 2], [4, 4, 1]])
+    np.testing.assert_array_equal(face_labels_from_vertex_labels(vp, faces), [1, 1, 1, 3])
+
+
+def test_face_labels_from_spin_texture_and_cube():
+    cube = np.zeros((100, 92, 17), dtype=np.uint8)
+    cube[50, 10, 3] = 4
+    cube[20, 30, 5] = 2
+    tex = np.zeros((1, 2, 2, 2, 2, 3))
+    tex[0, 0] = [0.505, 0.101, 0.035]  # -> cube[50, 10, 3] = 4
+    tex[0, 1] = [0.20, 0.30, 0.05]
+    tex[0, 1, 0, 0, 0] = [0.505, 0.101, 0.035]  # one odd texel out of 8: the majority wins
+    np.testing.assert_array_equal(face_labels_from_texture(tex, cube), [4, 2])
+
+
+def test_load_face_labels_prefers_vertex_parts_and_reports_missing(tmp_path):
+    faces = np.array([[0, 1, 2]])
+    with pytest.raises(UserError, match="vertex_parts.npy"):
+        load_face_labels(tmp_path, faces)
+    (tmp_path / "smpl").mkdir()
+    np.save(tmp_path / "smpl" / "vertex_parts.npy", np.array([5, 5, 1]))
+    np.testing.assert_array_equal(load_face_labels(tmp_path, faces), [5])
+
+
+def test_render_parts_weak_perspective_plate_covers_exact_pixels():
+    # A flat square at depth 0: perspective with t_z = 2f/(R s) maps X to R/2 (1 + s X) exactly.
+    verts = torch.tensor([[[-0.5, -0.25, 0.0], [0.5, -0.25, 0.0], [0.5, 0.25, 0.0], [-0.5, 0.25, 0.0]]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    labels = torch.tensor([3, 6])
+    mask, parts = render_parts(verts, faces, labels, torch.tensor([[1.0, 0.0, 0.0]]), img_res=64)
+    expected = torch.zeros(64, 64, dtype=torch.bool)
+    expected[24:40, 16:48] = True  # x in [16, 48], y in [24, 40]
+    assert torch.equal(mask[0], expected)
+    assert set(parts[0][mask[0]].tolist()) == {3, 6} and (parts[0][~mask[0]] == 0).all()
+    # tx shifts by R/2 * s * tx pixels: 0.25 -> 8 px to the right
+    mask2, _ = render_parts(verts, faces, labels, torch.tensor([[1.0, 0.25, 0.0]]), img_res=64)
+    assert torch.equal(mask2[0], torch.roll(expected, 8, dims=1))
+
+
+def test_crop_box_is_spins_rounding():
+    ul, br = crop_box(np.array([100.0, 80.0]), 1.0, 224)  # 200 px box around (100, 80)
+    np.testing.assert_array_equal(ul, [0, -20])
+    np.testing.assert_array_equal(br, [200, 180])
+    ul, br = crop_box(np.array([50.7, 60.2]), 0.5, 64)  # 100 px box: corners truncated toward zero as SPIN
+    np.testing.assert_array_equal(ul, [0, 10])
+    np.testing.assert_array_equal(br, [100, 110])
+
+
+def test_resize_nearest_and_uncrop_paste_into_the_box():
+    img = np.arange(4, dtype=np.uint8).reshape(2, 2)
+    np.testing.assert_array_equal(resize_nearest(img, (4, 4)), np.kron(img, np.ones((2, 2), dtype=np.uint8)))
+    crop = np.ones((64, 64), dtype=np.uint8)
+    crop[:, 32:] = 2
+    out = uncrop(crop, np.array([60.0, 50.0]), 0.4, (100, 120))  # 80 px box: x 20..100, y 10..90
+    assert out.shape == (100, 120)
+    assert (out[10:90, 20:60] == 1).all() and (out[10:90, 60:100] == 2).all()
+    assert out.sum() == 80 * 40 * 1 + 80 * 40 * 2
+    # a box hanging over the border is clipped, not shifted
+    out = uncrop(crop, np.array([10.0, 10.0]), 0.4, (50, 50))  # box -30..50
+    assert (out[:50, :10] == 1).all() and (out[:50, 10:50] == 2).all()
+
+
+def test_format_results_table_layout():
+    from compress.eval.protocols import format_results_table
+
+    rows = format_results_table({"3dpw": {"n": 3, "mpjpe_mm": 91.234, "pa_mpjpe_mm": 55.0, "pve_mm": 110.0},
+                                 "lsp": {"n": 2, "fb_acc": 91.5, "fb_f1": 0.88, "parts_acc": 89.1, "parts_f1": 0.6}})
+    assert rows[0][:5] == ["dataset", "n", "MPJPE (mm)", "PA-MPJPE (mm)", "PVE (mm)"]
+    assert rows[1][:5] == ["3dpw", "3", "91.23", "55.00", "110.00"] and rows[1][5] == "-"
+    assert rows[2][:3] == ["lsp", "2", "-"] and rows[2][-1] == "0.6000"
