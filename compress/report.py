@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -153,14 +154,18 @@ def _checkpoint_of_dir(d: Path) -> Path | None:
 
 def _kind(path: Path, meta: dict) -> str:
     """baseline | prune | finetune: what step produced this checkpoint."""
-    stage = str(meta.get("stage") or "")
-    if stage.upper().startswith("FT") or path.name.startswith("finetuned"):
+    stage = str(meta.get("stage") or "").lower()
+    if stage.startswith("ft") or path.name.startswith("finetuned"):
         return "finetune"
-    if stage.upper().startswith("P") or path.name.startswith("pruned") or "prune" in meta:
+    if re.match(r"p\d", stage) or stage.startswith("prun") or path.name.startswith("pruned") or "prune" in meta:
         return "prune"
-    if _parent_ref(meta) is None or path.name.startswith("trained"):
+    if _is_trained(path, meta) or _parent_ref(meta) is None:
         return "baseline"
     return "finetune"
+
+
+def _is_trained(path: Path, meta: dict) -> bool:
+    return str(meta.get("stage") or "").lower() == "trained" or path.name.startswith("trained")
 
 
 def _ft_label(meta: dict) -> str:
@@ -196,7 +201,8 @@ class _Graph:
         return self.nodes[path]
 
     def chain(self, path: Path) -> list[_Node]:
-        """Root first, ending with `path`; stops at a missing parent or a cycle."""
+        """Root first, ending with `path`; stops at a missing parent or a cycle. A trained baseline
+        (`trained.pt`, stage "trained") starts the chain even if it was itself initialised from another file."""
         out: list[_Node] = []
         seen: set[Path] = set()
         cur: Path | None = path.resolve()
@@ -205,7 +211,9 @@ class _Graph:
             node = self.node(cur)
             out.append(node)
             cur = node.parent
-        return out[::-1]
+        out = out[::-1]
+        start = max((i for i, n in enumerate(out) if _is_trained(n.path, n.meta)), default=0)
+        return out[start:]
 
 
 def stage_labels(chain: list[_Node]) -> list[str]:
@@ -899,8 +907,10 @@ def plot_latency(rows: list[dict], out_dir: Path) -> Path | None:
     return path
 
 
-LOSS_KEYS = ("loss", "loss_total", "total_loss", "train/loss", "train_loss")
+TOTAL_KEYS = ("total", "loss", "loss_total", "total_loss", "train/loss")
 STEP_KEYS = ("step", "global_step", "iter", "iteration")
+NOT_LOSSES = frozenset({"epoch", "step", "global_step", "iter", "iteration", "lr", "images_per_s", "time_s", "steps",
+                        "peak_train_mem_mb", "world", "rank"})
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -917,22 +927,24 @@ def read_log(path: str | Path) -> list[dict]:
 
 
 def training_curve(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
-    """{series name: (steps, values)} of the total loss and its terms (`loss_*` / `loss/*` keys)."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for n, rec in enumerate(records):
+    """{"loss": (steps, totals), term: (steps, values), ...} from the per-step records of a log.jsonl.
+
+    The total is `total` (our training loop) or `loss`; every other numeric field except bookkeeping (epoch, lr,
+    images/s, ...) is a loss term. Steps logged twice (an epoch redone after a resume) keep the last value.
+    """
+    steps_only = [r for r in records if r.get("kind") == "step"] or [r for r in records if r.get("kind") != "epoch"]
+    by_name: dict[str, dict[float, float]] = {}
+    for n, rec in enumerate(steps_only):
         step = next((rec[k] for k in STEP_KEYS if _is_number(rec.get(k))), n)
         flat = dict(rec)
         for key in ("losses", "loss_terms"):
             if isinstance(rec.get(key), dict):
-                flat.update({f"loss_{k}": v for k, v in rec[key].items()})
+                flat.update(rec[key])
         for key, value in flat.items():
-            is_loss = key in LOSS_KEYS or key.startswith(("loss_", "loss/"))
-            if is_loss and _is_number(value):
-                name = "loss" if key in LOSS_KEYS else key
-                series.setdefault(name, ([], []))
-                series[name][0].append(step)
-                series[name][1].append(value)
-    return series
+            if key in NOT_LOSSES or not _is_number(value):
+                continue
+            by_name.setdefault("loss" if key in TOTAL_KEYS else key, {})[step] = value
+    return {name: (sorted(v), [v[k] for k in sorted(v)]) for name, v in by_name.items()}
 
 
 def plot_training_curve(run_dir: Path, out_dir: Path) -> Path | None:
@@ -941,7 +953,8 @@ def plot_training_curve(run_dir: Path, out_dir: Path) -> Path | None:
     log_file = Path(run_dir) / "log.jsonl"
     if not log_file.is_file():
         return None
-    series = training_curve(read_log(log_file))
+    records = read_log(log_file)
+    series = training_curve(records)
     if "loss" not in series:
         log.info("%s has no loss records: training-curve plot skipped", log_file)
         return None
@@ -949,14 +962,15 @@ def plot_training_curve(run_dir: Path, out_dir: Path) -> Path | None:
     steps, values = series["loss"]
     ax.plot(steps, values, color="black", lw=1.8, label="total loss")
     for name, (s, v) in sorted(series.items()):
-        if name != "loss":
+        if name != "loss" and any(v):  # terms switched off by their weight stay flat at 0: not worth a line
             ax.plot(s, v, lw=0.9, alpha=0.7, label=name.replace("loss_", "").replace("loss/", ""))
     positive = [v for _, vs in series.values() for v in vs if v > 0]
     if positive and max(positive) / min(positive) > 50:
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"training curve: {Path(run_dir).name}")
+    phases = sorted({str(r.get("phase")) for r in records if r.get("phase")})
+    ax.set_title(f"training curve: {Path(run_dir).name}" + (f" ({', '.join(phases)})" if phases else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()

@@ -240,13 +240,23 @@ def test_run_report_md_writes_report_and_plots(runs, tmp_path):
     assert json.loads(text)[0]["stage"] == "baseline"
 
 
-def test_training_curve_reads_losses_and_skips_bad_lines(tmp_path):
+def test_training_curve_reads_the_training_loop_log(tmp_path):
+    """Our loop logs kind=step records with "total" and the terms, plus kind=epoch means (not plotted)."""
+    def step(s, total, kp2d):
+        return json.dumps({"phase": "finetune", "kind": "step", "epoch": 1, "step": s, "kp2d": kp2d, "total": total,
+                           "lr": 5e-5, "images_per_s": 99.0})
+
     log = tmp_path / "log.jsonl"
-    log.write_text('{"step": 1, "loss": 3.0, "losses": {"pose": 1.0}}\n{"epoch": 1, "eval": {}}\nnot json\n'
-                   '{"step": 2, "loss": 2.0, "losses": {"pose": 0.5}}\n')
+    log.write_text("\n".join([step(0, 3.0, 1.0), step(5, 2.0, 0.5),
+                              json.dumps({"kind": "epoch", "epoch": 1, "step": 5, "total": 2.5}),
+                              step(5, 1.9, 0.4),  # the step again after a resume: the last value counts
+                              step(10, 1.0, 0.25), "not json", '{"kind": "step", "step": 1']) + "\n")
     series = report.training_curve(report.read_log(log))
-    assert series["loss"] == ([1, 2], [3.0, 2.0])
-    assert series["loss_pose"] == ([1, 2], [1.0, 0.5])
+    assert set(series) == {"loss", "kp2d"}
+    assert series["loss"] == ([0, 5, 10], [3.0, 1.9, 1.0])
+    assert series["kp2d"] == ([0, 5, 10], [1.0, 0.4, 0.25])
+    other = report.training_curve([{"step": 1, "loss": 3.0, "losses": {"pose": 1.0}}])
+    assert other == {"loss": ([1], [3.0]), "pose": ([1], [1.0])}
 
 
 def test_pareto_front():
@@ -306,3 +316,17 @@ def test_cli_report(runs, capsys):
     assert capsys.readouterr().out.startswith("run,stage,model,checkpoint,parent,params,")
     assert main(["report", "missing", "--runs-dir", str(runs["dir"])]) == 2
     assert "no run or checkpoint at missing" in capsys.readouterr().err
+
+
+def test_a_trained_baseline_starts_the_chain_even_with_a_parent(tmp_path, monkeypatch):
+    import compress.profile
+
+    monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: pytest.fail("re-timed"))
+    r = tmp_path / "runs"
+    init = _save(tmp_path / "checkpoints" / "imagenet_init.pt", parent=None, metrics=None, profile=_profile(9, 9, 9, 9, 9))
+    base = _save(r / "base" / "trained.pt", parent=init, metrics=BASE_METRICS, stage="trained",
+                 profile=_profile(1000, 10, 1.0, 1.0, 1.0))
+    _save(r / "p1" / "pruned.pt", parent=base, metrics=FT1_METRICS, profile=_profile(800, 8, 1.0, 1.0, 1.0))
+    rows = collect_rows(["p1"], runs_dir=r)
+    assert [(row["stage"], row["run"]) for row in rows] == [("baseline", "base"), ("P1", "p1")]
+    assert rows[1]["delta"]["params_total"]["pct"] == -20.0
