@@ -60,18 +60,41 @@ def test_crop_box_is_spins_rounding():
     np.testing.assert_array_equal(br, [100, 110])
 
 
-def test_resize_nearest_and_uncrop_paste_into_the_box():
+@pytest.mark.parametrize("spin_rounding", [False, True])
+def test_resize_nearest_and_uncrop_paste_into_the_box(spin_rounding):
     img = np.arange(4, dtype=np.uint8).reshape(2, 2)
     np.testing.assert_array_equal(resize_nearest(img, (4, 4)), np.kron(img, np.ones((2, 2), dtype=np.uint8)))
     crop = np.ones((64, 64), dtype=np.uint8)
     crop[:, 32:] = 2
-    out = uncrop(crop, np.array([60.0, 50.0]), 0.4, (100, 120))  # 80 px box: x 20..100, y 10..90
+    kw = dict(spin_rounding=spin_rounding)
+    out = uncrop(crop, np.array([60.0, 50.0]), 0.4, (100, 120), **kw)  # 80 px box: x 20..100, y 10..90
     assert out.shape == (100, 120)
     assert (out[10:90, 20:60] == 1).all() and (out[10:90, 60:100] == 2).all()
     assert out.sum() == 80 * 40 * 1 + 80 * 40 * 2
     # a box hanging over the border is clipped, not shifted
-    out = uncrop(crop, np.array([10.0, 10.0]), 0.4, (50, 50))  # box -30..50
-    assert (out[:50, :10] == 1).all() and (out[:50, 10:50] == 2).all()
+    out = uncrop(crop, np.array([10.0, 10.0]), 0.4, (50, 50), **kw)  # box -30..50
+    assert (out[:50, :10] == 1).all() and (out[:50, 10:50] == 2).all() and out.sum() == 50 * 10 + 50 * 40 * 2
+
+
+def test_uncrop_inverts_the_datasets_crop():
+    from compress.data.crop import crop_matrix, warp
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((90, 110), dtype=np.uint8)
+    labels[20:70, 30:80] = np.kron(rng.integers(1, 7, size=(5, 5)), np.ones((10, 10), dtype=np.int64))
+    center, scale, res = np.array([55.3, 44.8]), 0.37, 64  # a 74 px box, not aligned to pixels
+    crop = warp(np.repeat(labels[..., None], 3, axis=2), crop_matrix(center, scale, res), res)[..., 0]
+    back = uncrop(crop, center, scale, labels.shape)
+    # bilinear resampling blurs label edges: compare away from them, where the crop is a clean sample
+    interior = np.zeros_like(labels, dtype=bool)
+    interior[22:68, 32:78] = True
+    smooth = np.ones_like(interior)
+    for dy in (-2, -1, 0, 1, 2):
+        for dx in (-2, -1, 0, 1, 2):
+            smooth &= np.roll(labels, (dy, dx), axis=(0, 1)) == labels
+    sel = interior & smooth
+    assert sel.sum() > 50
+    np.testing.assert_array_equal(back[sel], labels[sel])
 
 
 def test_format_results_table_layout():

@@ -111,13 +111,36 @@ def resize_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return img[rows[:, None], cols[None, :]]
 
 
-def uncrop(img: np.ndarray, center: np.ndarray, scale: float, orig_shape: tuple[int, int]) -> np.ndarray:
-    """SPIN's uncrop: resize a square crop render (R, R) with nearest neighbour to its crop box and paste it
-    into a zero image of `orig_shape` (H, W), clipping the box at the image border."""
+def uncrop(img: np.ndarray, center: np.ndarray, scale: float, orig_shape: tuple[int, int], *,
+           spin_rounding: bool = False) -> np.ndarray:
+    """Paste a square crop render (R, R) back into a zero image of `orig_shape` (H, W), nearest neighbour.
+
+    Default: the exact inverse of compress.data.crop's continuous crop geometry (box of side 200*scale centred
+    at `center`, pixel centres at +0.5): each original pixel takes the crop pixel its centre falls in.
+    `spin_rounding=True` reproduces SPIN's uncrop literally (integer box from truncated corners, then a
+    nearest-neighbour resize of the render to the box), which inverts SPIN's own integer-truncated crop; against
+    our continuous crop it would be off by up to one original pixel.
+    """
+    res = img.shape[0]
+    out_shape = tuple(int(s) for s in orig_shape[:2])
+    if spin_rounding:
+        return _uncrop_spin(img, center, scale, out_shape)
+    h = 200.0 * float(scale)
+    c = np.asarray(center, dtype=np.float64)
+    cols = np.floor((np.arange(out_shape[1]) + 0.5 - c[0]) * res / h + res / 2).astype(np.int64)
+    rows = np.floor((np.arange(out_shape[0]) + 0.5 - c[1]) * res / h + res / 2).astype(np.int64)
+    out = img[np.clip(rows, 0, res - 1)[:, None], np.clip(cols, 0, res - 1)[None, :]]
+    inside = ((rows >= 0) & (rows < res))[:, None] & ((cols >= 0) & (cols < res))[None, :]
+    if out.ndim == 3:
+        inside = inside[..., None]
+    return np.where(inside, out, np.zeros((), dtype=img.dtype))
+
+
+def _uncrop_spin(img: np.ndarray, center: np.ndarray, scale: float, orig_shape: tuple[int, int]) -> np.ndarray:
     res = img.shape[0]
     ul, br = crop_box(center, scale, res)
     crop_h, crop_w = int(br[1] - ul[1]), int(br[0] - ul[0])
-    out = np.zeros(tuple(int(s) for s in orig_shape[:2]) + img.shape[2:], dtype=img.dtype)
+    out = np.zeros(orig_shape + img.shape[2:], dtype=img.dtype)
     if crop_h <= 0 or crop_w <= 0:
         return out
     big = resize_nearest(img, (crop_h, crop_w))
