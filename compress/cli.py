@@ -69,6 +69,11 @@ def _progress():
 
 
 def cmd_info(args) -> int:
+    if args.target == "list":
+        from compress.models import list_models
+
+        print("\n".join(list_models()))
+        return 0
     from compress.profile import model_info
 
     overrides = _strip_prefix(_parse_set(args.set), "model.overrides.")
@@ -85,7 +90,7 @@ def cmd_info(args) -> int:
                        ("params_regressor", "  regressor")]:
         table.add_row(label, f"{info[key]:,}")
     table.add_row("MACs", f"{info['macs'] / 1e9:.3f} G  ({info['macs_counter']})")
-    table.add_row("widths", ", ".join(f"{k}:{v}" for k, v in info["widths"].items()))
+    table.add_row("widths", " ".join(str(v) for v in info["widths"].values()))
     _console().print(table)
     return 0
 
@@ -176,9 +181,9 @@ def _train_progress(bar, label: str):
 
 
 def cmd_train(args) -> int:
+    recipe = load_recipe_args(args)
     from compress.train import run_train
 
-    recipe = load_recipe_args(args)
     with _progress() as bar:
         result = run_train(recipe, out_dir=args.out, resume=args.resume, progress=_train_progress(bar, "train"))
     _print_summary("train", result)
@@ -186,9 +191,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_prune(args) -> int:
+    recipe = load_recipe_args(args)
     from compress.prune import run_prune
 
-    recipe = load_recipe_args(args)
     summary = run_prune(recipe, out_dir=args.out)
     if args.json:
         _print_json(summary)
@@ -432,6 +437,8 @@ def _run(func: Callable, args) -> int:
             raise
         print(f"compress: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and friends
+        return 0
     except KeyboardInterrupt:
         print("compress: interrupted (completed checkpoints are kept; re-run to resume)", file=sys.stderr)
         return 130
