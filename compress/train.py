@@ -478,13 +478,13 @@ def make_state(model: nn.Module, smpl: nn.Module, spec, *, img_res: int, device:
                       teacher=teacher if weights.distill else None)
 
 
-def train_dataset(recipe, *, img_res: int):
+def train_dataset(recipe, *, img_res: int, seed: int = 0):
     """SPIN's mixed training set over recipe.data.train_datasets (augmentation per recipe.data.augment)."""
     from compress.data.datasets import MixedDataset
 
     return MixedDataset(recipe.data.root, datasets=list(recipe.data.train_datasets), mix=dict(recipe.data.mix),
                         img_res=img_res, is_train=True, augment=recipe.data.augment,
-                        image_roots=dict(recipe.data.image_roots), cache=recipe.data.cache)
+                        image_roots=dict(recipe.data.image_roots), cache=recipe.data.cache, seed=seed)
 
 
 def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: DistInfo,
@@ -503,8 +503,10 @@ def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: D
 
     def make_loader(epoch: int) -> torch.utils.data.DataLoader:
         sampler.set_epoch(epoch)
-        # workers are re-created every epoch and seeded from this generator: epoch e's augmentation is fixed
-        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, info.rank))
+        # Workers are re-created every epoch and seeded from this generator, so epoch e's augmentation is fixed.
+        # Same seed on every rank: the datasets draw augmentation from (seed, worker base seed, sample index), so
+        # sample i is augmented alike for any world size, and differently from sample j on another rank.
+        generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
                                            drop_last=True, pin_memory=pin_memory, generator=generator,
                                            persistent_workers=False, prefetch_factor=4 if workers else None)
@@ -653,9 +655,9 @@ def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: st
                 truncate_log(run_dir, phase=phase, step=state.step)
         elif resume and info.main:
             log.info("no %s to resume from: starting %s from the beginning", last, stage)
-        make_loader = loader_factory(train_dataset(recipe, img_res=img_res), batch_size=spec.batch_size,
-                                     workers=recipe.data.workers, seed=spec.seed, info=info,
-                                     pin_memory=device.type == "cuda")
+        dataset = train_dataset(recipe, img_res=img_res, seed=spec.seed)
+        make_loader = loader_factory(dataset, batch_size=spec.batch_size, workers=recipe.data.workers,
+                                     seed=spec.seed, info=info, pin_memory=device.type == "cuda")
         opts = FitOptions(epochs=epochs, steps_per_epoch=spec.steps_per_epoch, seed=spec.seed,
                           log_every=spec.log_every, run_dir=run_dir, phase=phase, stage=stage,
                           checkpoint_every_epoch=spec.checkpoint_every_epoch)
@@ -682,7 +684,8 @@ def _finish(model: nn.Module, recipe, *, run_dir: Path, out_name: str, stage: st
     model.eval()
     e = recipe.eval
     metrics = evaluate(model, recipe.data.root, datasets=list(e.datasets), img_res=recipe.model.img_res,
-                       batch_size=e.batch_size, subset=e.subset, device=device, workers=e.workers)
+                       batch_size=e.batch_size, subset=e.subset, device=device, workers=e.workers,
+                       image_roots=dict(recipe.data.image_roots))
     stem = Path(out_name).stem
     (run_dir / "metrics").mkdir(exist_ok=True)
     atomic_write_text(run_dir / "metrics" / f"{stem}.json",
