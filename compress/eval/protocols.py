@@ -62,13 +62,14 @@ def evaluate(
     strict: bool = False,
     workers: int = 0,
     image_roots: Optional[Mapping[str, str]] = None,
+    cache: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Run the suite on `model` (image -> {"rotmat", "betas", "cam", ...}) -> {dataset_key: {metric: value}}.
 
     Missing dataset files are skipped with a warning, or raise UserError when `strict`. `smpl_dir` defaults
     to the data root (SMPL files under <root>/smpl, regressors at the root). `progress(key, done, total)` is
     called after every batch. With `save_dir`, per-sample results go to `<save_dir>/<key>.npz` and the
-    summary to `<save_dir>/summary.json`.
+    summary to `<save_dir>/summary.json`. `cache` reads crops from the HDF5 cache (compress.data.cache).
     """
     root = Path(root)
     keys = list(datasets)
@@ -97,7 +98,7 @@ def evaluate(
     try:
         for key in present:
             loader = _loader(root, key, img_res=img_res, batch_size=batch_size, subset=subset, workers=workers,
-                             image_roots=image_roots)
+                             image_roots=image_roots, cache=cache)
             if key == "lsp":
                 summary, per_sample = _eval_lsp(model, loader, bodies, key=key, root=root, img_res=img_res,
                                                 device=device, progress=progress, image_roots=image_roots)
@@ -178,11 +179,12 @@ class _Bodies:
 
 
 def _loader(root: Path, key: str, *, img_res: int, batch_size: int, subset: Optional[int], workers: int,
-            image_roots: Optional[Mapping[str, str]]) -> torch.utils.data.DataLoader:
+            image_roots: Optional[Mapping[str, str]], cache: bool) -> torch.utils.data.DataLoader:
     from compress.data.datasets import BaseDataset
 
+    kwargs = {"cache": True} if cache else {}
     ds = BaseDataset(root, key, img_res=img_res, is_train=False, augment=False,
-                     image_roots=dict(image_roots or {}), subset=subset)
+                     image_roots=dict(image_roots or {}), subset=subset, **kwargs)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        pin_memory=False, drop_last=False)
 

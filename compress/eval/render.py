@@ -5,7 +5,8 @@ R = I, t from the weak-perspective camera, no anti-aliasing) with a per-face col
 maps to LSP part labels 1..6; we rasterise with compress.raster and look the label up per face directly.
 
 Part labels of the body model, first match wins:
-- `<root>/smpl/vertex_parts.npy` (or `<root>/vertex_parts.npy`): (6890,) int, 1..6 = LSP parts, 0 = none.
+- `<root>/smpl/vertex_parts.npy`, `<root>/vertex_parts.npy` or `<root>/lsp_vertex_parts.npy` (the synthetic
+  generator's name): (6890,) int, 1..6 = LSP parts, 0 = none.
   A face takes the label shared by two or three of its vertices, else the label of its first vertex.
 - SPIN's files `<root>/vertex_texture.npy` (1, F, T, T, T, 3) + `<root>/cube_parts.npy`: every texel's colour
   c maps to `cube_parts[floor(100 c)]`; a face takes its most frequent texel label.
@@ -26,6 +27,7 @@ from compress.raster import project_perspective, rasterize
 log = logging.getLogger(__name__)
 
 VERTEX_PARTS = "vertex_parts.npy"
+VERTEX_PARTS_ALT = "lsp_vertex_parts.npy"
 VERTEX_TEXTURE = "vertex_texture.npy"
 CUBE_PARTS = "cube_parts.npy"
 
@@ -50,7 +52,7 @@ def face_labels_from_texture(texture: np.ndarray, cube_parts: np.ndarray) -> np.
 def load_face_labels(root: str | Path, faces: np.ndarray) -> np.ndarray:
     """Per-face LSP part labels (F,) for the body model of a data root (see the module doc for the files)."""
     root = Path(root)
-    for path in (root / "smpl" / VERTEX_PARTS, root / VERTEX_PARTS):
+    for path in (root / "smpl" / VERTEX_PARTS, root / VERTEX_PARTS, root / VERTEX_PARTS_ALT):
         if path.is_file():
             vp = np.load(path, allow_pickle=False)
             if vp.ndim != 1 or vp.shape[0] <= int(np.max(faces)):
