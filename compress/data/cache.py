@@ -1,0 +1,215 @@
+"""HDF5 cache of pre-cropped uint8 images (`compress data cache`), read by the datasets instead of the image files.
+
+One file per dataset split and crop size: `<out>/<npz stem>_r<img_res>.h5` (default `<root>/cache`), holding
+- `images (N, R+2p, R+2p, 3) uint8`: the SPIN box of every sample (rotation 0, scale 1) enlarged by a margin of
+  p pixels on each side at the final crop's pixel density, so rotation/scale augmentation still has the
+  surroundings (`margin` 0.8 covers SPIN's worst case, scale 1.25 at 45 degrees); eval splits use no margin;
+- `matrices (N, 3, 3)`: image -> cache-image affine maps, so any later crop is one warp of the cached image;
+- `orig_shape (N, 2)` and the npz fields under `annotations/`.
+Attributes: `fingerprint` (npz size + mtime + a hash of every field, img_res, the image folder and the cache
+version), `pad`, and `complete`, written last. A file whose fingerprint differs (the source changed), that has
+no `complete` flag or that h5py cannot open (truncated, corrupt) is rebuilt, never read. Files are written to a
+temp name and renamed. Changes to the image files themselves are not detected: rebuild with `force=True`.
+A crop without augmentation is an exact sub-image of the cached one, so it equals the raw path's crop up to
+uint8 rounding.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from compress.constants import EVAL_DATASETS, TRAIN_DATASETS
+from compress.data import crop as C
+from compress.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+DEFAULT_MARGIN = 0.8  # extra box side per unit of crop side (scale 1.25 x rotation 45 deg needs 0.77)
+
+
+def default_cache_dir(root: str | os.PathLike) -> Path:
+    return Path(root) / "cache"
+
+
+def cache_file(folder: str | os.PathLike, npz: Path, img_res: int) -> Path:
+    return Path(folder) / f"{npz.stem}_r{int(img_res)}.h5"
+
+
+def pad_pixels(img_res: int, margin: float) -> int:
+    """Margin in pixels on each side of the R x R crop."""
+    return int(math.ceil(float(margin) * img_res / 2))
+
+
+def source_fingerprint(npz: Path, folder: Path, img_res: int) -> str:
+    """Hash of the npz (size, mtime, every field's dtype/shape/bytes), the image folder, img_res and the version."""
+    from compress.data.datasets import read_npz
+
+    st = npz.stat()
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{st.st_size}|{st.st_mtime_ns}|{img_res}|{folder.resolve()}".encode())
+    for name, arr in sorted(read_npz(npz).items()):
+        h.update(f"|{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def cache_is_valid(path: Path, fingerprint: str, *, min_pad: int = 0) -> bool:
+    """True when `path` opens, is complete, matches `fingerprint` and has at least `min_pad` margin pixels."""
+    import h5py
+
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            ok = bool(f.attrs.get("complete", False)) and f.attrs.get("fingerprint") == fingerprint
+            ok = ok and int(f.attrs.get("pad", -1)) >= min_pad and "images" in f and "matrices" in f
+            return ok and f["images"].shape[0] == f["matrices"].shape[0] == int(f.attrs["n"])
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        log.warning("HDF5 cache %s is unreadable (%s): rebuilding it", path, exc)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+
+def build_dataset_cache(root: str | os.PathLike, key: str, *, is_train: bool, path: Path, img_res: int, pad: int,
+                        image_roots: Optional[dict] = None, fingerprint: Optional[str] = None) -> Path:
+    """Write the cache file of one dataset split (temp file, `complete` flag last, rename)."""
+    import h5py
+
+    from compress.data.datasets import image_folder, npz_path, open_image, read_npz, annotations_from_npz
+
+    npz, folder = npz_path(root, key, is_train=is_train), image_folder(root, key, image_roots)
+    fingerprint = fingerprint or source_fingerprint(npz, folder, img_res)
+    raw = read_npz(npz)
+    ann = annotations_from_npz(raw)
+    n, side = len(ann), img_res + 2 * pad
+    log.info("building HDF5 cache %s (%d crops of %d px)", path, n, side)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update({"version": CACHE_VERSION, "dataset": key, "npz": str(npz), "img_res": img_res,
+                            "pad": pad, "n": n, "fingerprint": fingerprint, "complete": False})
+            images = f.create_dataset("images", (n, side, side, 3), np.uint8, chunks=(1, side, side, 3))
+            matrices = np.zeros((n, 3, 3))
+            orig = np.zeros((n, 2), np.int32)
+            for i in range(n):
+                scale = float(ann.scale[i])
+                matrices[i] = C.crop_matrix(ann.center[i], scale * side / img_res, side)
+                with open_image(folder / ann.imgname[i], key) as img:
+                    images[i] = C.warp(img, matrices[i], side, prefilter=C.reduce_factor(200.0 * scale, img_res))
+                    orig[i] = (img.height, img.width)
+            f["matrices"], f["orig_shape"] = matrices, orig
+            _write_annotations(f.create_group("annotations"), raw)
+            f.attrs["complete"] = True  # last: a file without it is never read
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_annotations(group, raw: dict[str, np.ndarray]) -> None:
+    import h5py
+
+    for name, arr in raw.items():
+        if arr.dtype.kind in "US":
+            group.create_dataset(name, data=arr.astype(str).astype(object), dtype=h5py.string_dtype())
+        else:
+            group.create_dataset(name, data=arr)
+
+
+def ensure_cache(root: str | os.PathLike, key: str, *, is_train: bool, img_res: int, margin: float,
+                 out: Optional[str | os.PathLike] = None, image_roots: Optional[dict] = None,
+                 force: bool = False) -> tuple[Path, int]:
+    """The valid cache file of a dataset split (built if missing, stale, truncated or `force`) and its pad."""
+    from compress.data.datasets import image_folder, npz_path
+
+    npz = npz_path(root, key, is_train=is_train)
+    path = cache_file(out or default_cache_dir(root), npz, img_res)
+    fingerprint = source_fingerprint(npz, image_folder(root, key, image_roots), img_res)
+    pad = pad_pixels(img_res, margin)
+    if force or not cache_is_valid(path, fingerprint, min_pad=pad):
+        build_dataset_cache(root, key, is_train=is_train, path=path, img_res=img_res, pad=pad,
+                            image_roots=image_roots, fingerprint=fingerprint)
+    return path, pad
+
+
+def build_cache(root: str | os.PathLike, dataset_keys: Iterable[str], *, out: Optional[str | os.PathLike] = None,
+                img_res: int = 224, margin: Optional[float] = None, image_roots: Optional[dict] = None,
+                force: bool = False) -> Path:
+    """`compress data cache`: cache every split of the given dataset keys present under `root` -> the cache folder.
+
+    `margin` defaults to DEFAULT_MARGIN for training splits and 0 for eval splits (never augmented).
+    Keys whose npz files are missing are skipped with a warning.
+    """
+    from compress.data.datasets import npz_path
+
+    built = 0
+    for key in dataset_keys:
+        splits = [s for s, table in ((False, EVAL_DATASETS), (True, TRAIN_DATASETS)) if key in table]
+        if not splits:
+            raise UserError(f"unknown dataset {key!r}; valid: {', '.join(sorted({*EVAL_DATASETS, *TRAIN_DATASETS}))}")
+        for is_train in splits:
+            if not npz_path(root, key, is_train=is_train).is_file():
+                log.warning("cache: %s skipped, %s not found", key, npz_path(root, key, is_train=is_train))
+                continue
+            split_margin = margin if margin is not None else (DEFAULT_MARGIN if is_train else 0.0)
+            ensure_cache(root, key, is_train=is_train, img_res=img_res, margin=split_margin, out=out,
+                         image_roots=image_roots, force=force)
+            built += 1
+    if not built:
+        raise UserError(f"no dataset files for {', '.join(dataset_keys)} under {Path(root) / 'dataset_extras'}")
+    return Path(out) if out else default_cache_dir(root)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+class DatasetCache:
+    """Reads cached crops; the HDF5 handle is opened lazily in each process (DataLoader workers fork)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_file": None, "_pid": None}
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._pid = None, None
+
+    def _h5(self):
+        import h5py
+
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def crop(self, index: int, matrix: np.ndarray, res: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """(res, res, 3) uint8 crop under `matrix` (image -> crop coordinates) and the original (H, W)."""
+        f = self._h5()
+        rel = matrix @ np.linalg.inv(f["matrices"][index])  # cache-image -> crop coordinates
+        orig = tuple(int(v) for v in f["orig_shape"][index])
+        shift = -rel[:2, 2]
+        side = f["images"].shape[1]
+        exact = np.allclose(rel[:2, :2], np.eye(2), atol=1e-9) and np.allclose(shift, np.round(shift), atol=1e-6)
+        if exact and 0 <= round(shift.min()) and round(shift.max()) + res <= side:
+            x, y = (int(round(v)) for v in shift)  # no augmentation: the crop is a sub-image
+            return f["images"][index, y:y + res, x:x + res], orig
+        return C.warp(f["images"][index], rel, res), orig
+
+
+def open_dataset_cache(dataset, *, out: Optional[str | os.PathLike], margin: float) -> DatasetCache:
+    """The cache reader of a BaseDataset (building the file first when needed)."""
+    path, _ = ensure_cache(dataset.root, dataset.key, is_train=dataset.is_train, img_res=dataset.img_res,
+                           margin=margin, out=out, image_roots={dataset.key: str(dataset.folder)})
+    return DatasetCache(path)

@@ -1,0 +1,284 @@
+"""SPIN's datasets: npz annotation readers, the per-sample item (crop + augmentation), and the mixed training set.
+
+A data root has SPIN's layout (DESIGN.md "Data root"): `dataset_extras/<npz>` per dataset and split, images under
+`<root>/<folder>` with the npz `imgname` relative to it (folders in `compress.constants.IMAGE_FOLDERS`, each
+movable with `image_roots`). As in SPIN, a dataset key resolves to the eval split's npz when `is_train` is False
+and to the train split's npz otherwise (`mpi-inf-3dhp` exists in both).
+
+Items follow SPIN's layout (spin_protocol.md section 5); see `BaseDataset.get_item`. Augmentation is
+deterministic: inside a DataLoader worker a sample's parameters depend only on (dataset seed, the loader's base
+seed for this epoch, index), so they do not depend on the number of workers; in the main process the base seed
+is drawn from torch's global generator.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from compress.constants import EVAL_DATASETS, IMAGE_FOLDERS, TRAIN_DATASETS, UPI_S1H_FOLDER
+from compress.data import crop as C
+from compress.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ITW = "itw"  # the mix key whose weight is shared by every dataset the mix does not name, in proportion to size
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def npz_path(root: str | os.PathLike, key: str, *, is_train: bool) -> Path:
+    """`<root>/dataset_extras/<npz>` of a dataset key for the train or eval split (SPIN's DATASET_FILES)."""
+    table = TRAIN_DATASETS if is_train else EVAL_DATASETS
+    if key not in table:
+        split = "training" if is_train else "evaluation"
+        raise UserError(f"unknown {split} dataset {key!r}; valid: {', '.join(table)}")
+    return Path(root) / "dataset_extras" / f"{table[key]}.npz"
+
+
+def image_folder(root: str | os.PathLike, key: str, image_roots: Optional[dict] = None) -> Path:
+    """Folder the npz `imgname` is relative to: `image_roots[key]` if given, else `<root>/<IMAGE_FOLDERS[key]>`."""
+    if image_roots and key in image_roots:
+        return Path(image_roots[key])
+    return Path(root) / IMAGE_FOLDERS[key]
+
+
+def masks_folder(root: str | os.PathLike, image_roots: Optional[dict] = None) -> Path:
+    """UP-3D's UPi-S1h folder (LSP test masks and part PNGs); `image_roots["upi-s1h"]` moves it."""
+    if image_roots and UPI_S1H_FOLDER in image_roots:
+        return Path(image_roots[UPI_S1H_FOLDER])
+    return Path(root) / UPI_S1H_FOLDER
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an npz file (no pickles: object arrays are refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing dataset file {path} (run `compress data synth`, or point --data at a SPIN root)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc} (store strings as fixed-width unicode arrays)") from None
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable npz file ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------- annotations
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """One npz file with SPIN's fields and defaults; N samples."""
+
+    imgname: np.ndarray     # (N,) str, relative to the image folder
+    center: np.ndarray      # (N, 2) px
+    scale: np.ndarray       # (N,) box side / 200
+    keypoints: np.ndarray   # (N, 49, 3) = concat[openpose (25), part (24)], px + confidence
+    pose: np.ndarray        # (N, 72) axis-angle (zeros where has_smpl is 0)
+    betas: np.ndarray       # (N, 10)
+    has_smpl: np.ndarray    # (N,) 0/1
+    pose_3d: np.ndarray     # (N, 24, 4) root-centred metres + validity (zeros without S)
+    has_pose_3d: int        # dataset-level flag: the npz has S
+    gender: np.ndarray      # (N,) 0 male, 1 female, -1 unknown
+    maskname: np.ndarray    # (N,) str, "" if absent
+    partname: np.ndarray    # (N,) str, "" if absent
+
+    def __len__(self) -> int:
+        return len(self.imgname)
+
+
+def annotations_from_npz(data: dict[str, np.ndarray]) -> Annotations:
+    """SPIN's BaseDataset field handling: missing part/openpose are zeros, SMPL params count where present (with
+    `has_smpl` if given, else all ones), S sets the dataset's has_pose_3d, gender 'm' -> 0, 'f' -> 1, else -1."""
+    n = len(data["imgname"])
+    zeros = lambda *shape: np.zeros((n, *shape), np.float32)  # noqa: E731
+    part = data["part"].astype(np.float32) if "part" in data else zeros(24, 3)
+    openpose = data["openpose"].astype(np.float32) if "openpose" in data else zeros(25, 3)
+    has_params = "pose" in data and "shape" in data
+    has_smpl = data["has_smpl"].astype(np.float32) if "has_smpl" in data else np.full(n, float(has_params), np.float32)
+    return Annotations(
+        imgname=data["imgname"].astype(str), center=data["center"].astype(np.float32),
+        scale=data["scale"].astype(np.float32).reshape(n), keypoints=np.concatenate([openpose, part], axis=1),
+        pose=data["pose"].astype(np.float32) if has_params else zeros(72),
+        betas=data["shape"].astype(np.float32)[:, :10] if has_params else zeros(10),
+        has_smpl=has_smpl if has_params else np.zeros(n, np.float32),
+        pose_3d=data["S"].astype(np.float32) if "S" in data else zeros(24, 4), has_pose_3d=int("S" in data),
+        gender=_genders(data["gender"]) if "gender" in data else np.full(n, -1, np.int64),
+        maskname=data["maskname"].astype(str) if "maskname" in data else np.full(n, "", dtype=object),
+        partname=data["partname"].astype(str) if "partname" in data else np.full(n, "", dtype=object),
+    )
+
+
+def _genders(values: np.ndarray) -> np.ndarray:
+    if np.issubdtype(values.dtype, np.number):
+        return values.astype(np.int64)
+    table = {"m": 0, "male": 0, "f": 1, "female": 1}
+    return np.array([table.get(str(g).strip().lower(), -1) for g in values], np.int64)
+
+
+def load_annotations(root: str | os.PathLike, key: str, *, is_train: bool) -> Annotations:
+    return annotations_from_npz(read_npz(npz_path(root, key, is_train=is_train)))
+
+
+# ----------------------------------------------------------------------------------------------- one dataset
+
+
+def open_image(path: Path, key: str) -> Image.Image:
+    """PIL image (lazy decode) with a one-line error naming the file and the setting that moves the folder."""
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path} (dataset {key}; set data.image_roots.{key} if the images "
+                        "live elsewhere)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+class BaseDataset(torch.utils.data.Dataset):
+    """One SPIN dataset (npz + images) -> SPIN items at any `img_res`, with SPIN's augmentation when training.
+
+    `cache`: False, True (the HDF5 cache under `<root>/cache`, built if missing or stale) or a cache folder.
+    """
+
+    def __init__(self, root: str | os.PathLike, dataset_key: str, *, img_res: int, is_train: bool, augment: bool,
+                 image_roots: Optional[dict] = None, subset: Optional[int] = None, cache: bool | str | os.PathLike = False,
+                 seed: int = 0):
+        self.root, self.key, self.img_res = Path(root), dataset_key, int(img_res)
+        self.is_train, self.augment, self.seed = is_train, bool(augment and is_train), int(seed)
+        self.ann = load_annotations(root, dataset_key, is_train=is_train)
+        self.folder = image_folder(root, dataset_key, image_roots)
+        self.masks = masks_folder(root, image_roots)
+        self.n = len(self.ann) if subset is None else min(int(subset), len(self.ann))
+        self.cache = None
+        if cache:
+            from compress.data.cache import DEFAULT_MARGIN, open_dataset_cache
+
+            self.cache = open_dataset_cache(self, out=None if cache is True else cache,
+                                            margin=DEFAULT_MARGIN if self.augment else 0.0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        return self.get_item(index, rng=item_rng(self.seed, index) if self.augment else None)
+
+    def augmentation(self, rng: Optional[np.random.Generator]) -> C.Augmentation:
+        return C.sample_augmentation(rng) if (self.augment and rng is not None) else C.Augmentation()
+
+    def get_item(self, index: int, *, rng: Optional[np.random.Generator] = None,
+                 aug: Optional[C.Augmentation] = None) -> dict:
+        """SPIN's item for sample `index`; `aug` fixes the augmentation (else it is drawn from `rng` when training)."""
+        if not 0 <= index < self.n:
+            raise IndexError(f"{self.key}: index {index} out of range 0..{self.n - 1}")
+        a = self.ann
+        aug = aug if aug is not None else self.augmentation(rng)
+        scale, center = float(a.scale[index]) * aug.sc, a.center[index]
+        matrix = C.crop_matrix(center, scale, self.img_res, aug.rot)
+        crop, orig_shape = self.crop(index, matrix, scale)
+        has_smpl = float(a.has_smpl[index])
+        return {
+            "img": torch.from_numpy(C.to_tensor_image(crop, flip=aug.flip, pn=aug.pn)),  # (3, R, R)
+            "pose": torch.from_numpy(C.augment_pose(a.pose[index], aug.rot, flip=aug.flip) if has_smpl
+                                     else np.zeros(72, np.float32)),
+            "betas": torch.from_numpy(a.betas[index].copy() if has_smpl else np.zeros(10, np.float32)),
+            "pose_3d": torch.from_numpy(C.rotate_joints3d(a.pose_3d[index], aug.rot, flip=aug.flip) if a.has_pose_3d
+                                        else np.zeros((24, 4), np.float32)),
+            "keypoints": torch.from_numpy(C.keypoints_to_crop(a.keypoints[index], matrix, self.img_res,
+                                                              flip=aug.flip)),  # (49, 3) in [-1, 1]
+            "has_smpl": has_smpl, "has_pose_3d": float(a.has_pose_3d),
+            "scale": scale, "center": torch.from_numpy(center.astype(np.float32)),
+            "orig_shape": torch.tensor(orig_shape, dtype=torch.int64), "is_flipped": int(aug.flip),
+            "rot_angle": float(aug.rot), "gender": int(a.gender[index]), "sample_index": int(index),
+            "dataset_name": self.key, "imgname": str(self.folder / a.imgname[index]),
+            "maskname": str(self.masks / a.maskname[index]) if a.maskname[index] else "",
+            "partname": str(self.masks / a.partname[index]) if a.partname[index] else "",
+        }
+
+    def crop(self, index: int, matrix: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+        """(R, R, 3) uint8 crop under `matrix` and the original (H, W): from the HDF5 cache or the image file."""
+        if self.cache is not None:
+            return self.cache.crop(index, matrix, self.img_res)
+        path = self.folder / self.ann.imgname[index]
+        with open_image(path, self.key) as img:
+            prefilter = C.reduce_factor(200.0 * scale, self.img_res)
+            return C.warp(img, matrix, self.img_res, prefilter=prefilter), (img.height, img.width)
+
+
+def item_rng(seed: int, index: int) -> np.random.Generator:
+    """A sample's augmentation generator: (seed, the DataLoader's per-epoch base seed, index)."""
+    info = torch.utils.data.get_worker_info()
+    base = info.seed - info.id if info is not None else int(torch.randint(0, 2**62, (1,)).item())
+    return np.random.default_rng([seed, base % 2**63, index])
+
+
+# ----------------------------------------------------------------------------------------------- mixed set
+
+
+def mix_weights(lengths: dict[str, int], mix: dict[str, float]) -> dict[str, float]:
+    """Sampling probability of each present dataset.
+
+    Datasets named in `mix` get their weight; the `itw` weight is split over the other datasets in proportion to
+    their lengths (SPIN: 30% H36M, 60% LSP/MPII/LSPET/COCO by size, 10% MPI-INF-3DHP). Weights of absent datasets
+    drop out and the rest is renormalised. An empty mix samples every dataset in proportion to its length.
+    """
+    if not mix:
+        mix = {ITW: 1.0}
+    weights = {k: float(mix[k]) for k in lengths if k in mix and k != ITW}
+    pool = [k for k in lengths if k not in mix]
+    pool_size = sum(lengths[k] for k in pool)
+    for k in pool:
+        weights[k] = float(mix.get(ITW, 0.0)) * lengths[k] / pool_size if pool_size else 0.0
+    total = sum(weights.values())
+    if total <= 0:
+        raise UserError(f"data.mix {mix} gives no weight to any of the datasets {list(lengths)}")
+    return {k: weights[k] / total for k in lengths}
+
+
+class MixedDataset(torch.utils.data.Dataset):
+    """SPIN's MixedDataset: each item draws its dataset with `mix_weights`, then sample `index % len(dataset)`.
+
+    Datasets whose npz is missing from the root are dropped with a warning. Length = the largest dataset (SPIN).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, datasets: list[str], mix: dict[str, float], img_res: int,
+                 is_train: bool = True, augment: bool = True, image_roots: Optional[dict] = None,
+                 cache: bool | str | os.PathLike = False, subset: Optional[int] = None, seed: int = 0):
+        self.seed = int(seed)
+        self.datasets: list[BaseDataset] = []
+        for key in datasets:
+            if not npz_path(root, key, is_train=is_train).is_file():
+                log.warning("training set %s skipped: %s not found", key, npz_path(root, key, is_train=is_train))
+                continue
+            self.datasets.append(BaseDataset(root, key, img_res=img_res, is_train=is_train, augment=augment,
+                                             image_roots=image_roots, subset=subset, cache=cache, seed=seed))
+        if not self.datasets:
+            raise UserError(f"none of the training sets {', '.join(datasets)} exists under {root}/dataset_extras "
+                            "(run `compress data synth` or pass --data ROOT)")
+        lengths = {ds.key: len(ds) for ds in self.datasets}
+        weights = mix_weights(lengths, mix)
+        self.weights = np.array([weights[ds.key] for ds in self.datasets])
+        self.cumulative = np.cumsum(self.weights)
+        self.length = max(lengths.values())
+        log.info("mixed training set: %s", ", ".join(f"{k} {w:.1%} (n={lengths[k]})" for k, w in weights.items()))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def choose(self, index: int, rng: np.random.Generator) -> tuple[int, int]:
+        """(dataset number, sample index) for item `index`."""
+        k = int(np.searchsorted(self.cumulative, rng.uniform() * self.cumulative[-1], side="right"))
+        k = min(k, len(self.datasets) - 1)
+        return k, index % len(self.datasets[k])
+
+    def __getitem__(self, index: int) -> dict:
+        rng = item_rng(self.seed, index)
+        k, sample = self.choose(index, rng)
+        return self.datasets[k].get_item(sample, rng=rng)
