@@ -33,8 +33,9 @@ from compress.errors import UserError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# Run directory -> checkpoint, first existing file wins: the fine-tuned model, else the pruned one.
-RUN_CHECKPOINTS = ("finetuned.pt", "pruned.pt")
+# Run directory -> checkpoint, first existing file wins: the fine-tuned model, else the pruned one, else a
+# baseline from `compress train`.
+RUN_CHECKPOINTS = ("finetuned.pt", "pruned.pt", "trained.pt")
 _SHOW = 5  # keys named in mismatch messages
 
 
@@ -247,7 +248,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, parent: str | 
 
 
 def resolve_checkpoint(path_or_run: str | os.PathLike) -> Path:
-    """A checkpoint file as given; a run directory -> its `finetuned.pt` if present, else `pruned.pt`."""
+    """A checkpoint file as given; a run directory -> its `finetuned.pt` if present, else `pruned.pt`, else
+    `trained.pt` (RUN_CHECKPOINTS)."""
     path = Path(path_or_run)
     if path.is_dir():
         for candidate in RUN_CHECKPOINTS:

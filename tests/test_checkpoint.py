@@ -223,6 +223,8 @@ def test_resolve_checkpoint_run_dir(tmp_path):
     run.mkdir()
     with pytest.raises(UserError, match="no checkpoint in run directory"):
         resolve_checkpoint(run)
+    atomic_write_text(run / "trained.pt", "x")
+    assert resolve_checkpoint(run) == run / "trained.pt"
     atomic_write_text(run / "pruned.pt", "x")
     assert resolve_checkpoint(run) == run / "pruned.pt"
     atomic_torch_save({"a": 1}, run / "finetuned.pt")

@@ -3,7 +3,6 @@
 Every test builds a tiny SPIN-layout root in tmp_path (a few small images and npz files written here).
 """
 import logging
-import math
 
 import numpy as np
 import pytest
