@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.models.encoders import ChannelShuffle
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def _module_sizes(m: nn.Module) -> dict | None:
         return {"num_groups": m.num_groups, "num_channels": m.num_channels}
     if isinstance(m, nn.PReLU):
         return {"num_parameters": m.num_parameters}
+    if isinstance(m, ChannelShuffle):  # ShuffleNet's shuffle: pruning shortens its permutation (compress.prune)
+        return {"channels": m.perm.numel()}
     return None
 
 
@@ -158,6 +161,7 @@ REBUILDERS: dict[type, Callable[[nn.Module, dict], nn.Module]] = {
     nn.LayerNorm: _rebuild_layernorm,
     nn.GroupNorm: _rebuild_groupnorm,
     nn.PReLU: _rebuild_prelu,
+    ChannelShuffle: lambda m, s: ChannelShuffle(s["channels"], groups=m.groups),  # the state_dict brings `perm`
 }
 
 

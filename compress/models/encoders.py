@@ -88,19 +88,34 @@ def load_weights_checked(module: nn.Module, state: dict, *, skip_prefixes: tuple
 
 
 class ChannelShuffle(nn.Module):
-    """ShuffleNet's channel shuffle as a module (torchvision uses a free function, which Torch-Pruning cannot trace)."""
+    """ShuffleNet's channel shuffle as a module holding its permutation: `out[:, j] = x[:, perm[j]]`.
 
-    def __init__(self, groups: int = 2) -> None:
+    torchvision's free function (view/transpose/view) cannot be traced by Torch-Pruning. Here the shuffle is one
+    `index_select` with an explicit permutation buffer, so structured pruning can remove channels across it and
+    store the resulting (shorter) permutation; loading a state_dict adopts the stored permutation's length.
+    """
+
+    def __init__(self, channels: int, groups: int = 2) -> None:
         super().__init__()
+        if channels % groups == 0:
+            # out[k * groups + g] = in[g * per_group + k]: the classic view(g, c/g) -> transpose -> flatten
+            perm = torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
+        else:  # a pruned size being rebuilt; its permutation comes from the state_dict
+            perm = torch.arange(channels)
+        self.register_buffer("perm", perm)
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        x = x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2)
-        return x.reshape(b, c, h, w)
+        return torch.index_select(x, 1, self.perm)  # (B, C, H, W), channels permuted
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        stored = state_dict.get(prefix + "perm")
+        if stored is not None and stored.shape != self.perm.shape:
+            self.perm = torch.empty_like(stored, device=self.perm.device)  # a pruned model's shorter permutation
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"groups={self.groups}"
+        return f"channels={self.perm.numel()}, groups={self.groups}"
 
 
 class ShuffleBlock(nn.Module):
@@ -111,11 +126,12 @@ class ShuffleBlock(nn.Module):
         self.stride = block.stride
         self.branch1 = block.branch1
         self.branch2 = block.branch2
-        self.shuffle = ChannelShuffle(2)
+        first = block.branch1[2].out_channels if self.stride > 1 else block.branch2[0].in_channels
+        self.shuffle = ChannelShuffle(first + block.branch2[5].out_channels, groups=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:
-            # Split by the passthrough width; equal halves in torchvision, kept explicit for pruned models.
+            # Equal halves in torchvision; after pruning the branch input width says where to split.
             keep = self.branch2[0].in_channels
             x1, x2 = torch.split(x, [x.shape[1] - keep, keep], dim=1)
             out = torch.cat((x1, self.branch2(x2)), dim=1)

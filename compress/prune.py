@@ -1,0 +1,657 @@
+"""Structured channel pruning of HMR models with Torch-Pruning's DependencyGraph, plus the HMR knowledge it lacks.
+
+What this module adds on top of Torch-Pruning 1.6.1 (../shared/reference/torch_pruning_notes.md):
+- the heads (`model.head_names`) are always ignored (without that the pruner build never finishes, notes section 0);
+- after every step the estimate columns of the IEF concat layers (fc1) are checked bit for bit and
+  `fc1.in_features == features + 157`;
+- pruner construction and every step run under a time limit, since misconfigurations hang instead of raising;
+- a per-layer minimum keep fraction (1 - max_layer_ratio) is enforced here, because Torch-Pruning's
+  `max_pruning_ratio` is not a hard cap under global ranking (upstream #448);
+- `bn_scale` falls back to magnitude for groups without BatchNorm (fc1/fc2 would silently stay whole);
+- ShuffleNetV2: the shuffle is a `ChannelShuffle` module (models/encoders.py) with a customized pruning function and
+  index mappings through its permutation, so channels are removed consistently on both sides of every shuffle;
+- a ratio that would empty a layer is refused with the layer named.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from compress.constants import N_ESTIMATE
+from compress.errors import UserError
+from compress.models import parameter_split
+from compress.models.encoders import ChannelShuffle
+
+log = logging.getLogger(__name__)
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "lamp", "fpgm", "random")
+BUILD_TIMEOUT_S = 600.0  # DenseNet201 takes ~80 s to build on 2 cores; a hang never ends
+MACS_NOTE = "MACs: Torch-Pruning's counter at batch 1, model.img_res; the regressor is counted once per IEF iteration"
+
+
+# ----------------------------------------------------------------------------------------------- spec
+
+
+def _as_spec(spec: Any):
+    """A recipe PruneSpec, or a mapping with its YAML keys (`global`, `from`) -> PruneSpec."""
+    from compress.recipe import PruneSpec
+
+    if isinstance(spec, PruneSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        fields = {f.name.rstrip("_"): f.name for f in dataclasses.fields(PruneSpec)}
+        unknown = [k for k in spec if k not in fields and k not in fields.values()]
+        if unknown:
+            raise UserError(f"prune: unknown keys {unknown}; valid: {', '.join(fields)}")
+        return PruneSpec(**{fields.get(k, k): v for k, v in spec.items()})
+    raise TypeError(f"spec must be a PruneSpec or a mapping, got {type(spec).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------- importance
+
+
+def _importance(name: str, notes: list[str]):
+    import torch_pruning as tp
+
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    if name == "fpgm":
+        return tp.importance.FPGMImportance(p=2)
+    if name == "random":
+        return tp.importance.RandomImportance()
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "bn_scale":
+        return _BNScaleWithFallback(notes)
+    raise UserError(f"prune.importance: unknown {name!r}; valid: {', '.join(IMPORTANCES)}")
+
+
+class _BNScaleWithFallback:
+    """BN gamma where a group has BatchNorm, group L2 magnitude where it has none (Linear-only groups: fc1, fc2)."""
+
+    def __init__(self, notes: list[str]) -> None:
+        import torch_pruning as tp
+
+        self.bn = tp.importance.BNScaleImportance()
+        self.magnitude = tp.importance.GroupMagnitudeImportance(p=2)
+        self.fallback: list[str] = []
+        self.notes = notes
+
+    def __call__(self, group):
+        imp = self.bn(group)
+        if imp is None:
+            imp = self.magnitude(group)
+            name = group[0].dep.target.name
+            self.fallback.append(name)
+            log.info("bn_scale: group rooted at %s has no BatchNorm, scored by L2 magnitude instead", name)
+        return imp
+
+
+# ----------------------------------------------------------------------------------------------- ShuffleNet
+
+
+def _shuffle_pruner():
+    """Torch-Pruning pruning function for ChannelShuffle: its one channel axis is indexed by *input* channels."""
+    import torch_pruning as tp
+
+    class ShufflePruner(tp.pruner.function.BasePruningFunc):
+        def prune_out_channels(self, layer: ChannelShuffle, idxs):
+            drop = set(int(i) for i in idxs)
+            perm = layer.perm.tolist()
+            keep_inputs = [i for i in range(len(perm)) if i not in drop]
+            new_index = {old: new for new, old in enumerate(keep_inputs)}
+            layer.perm = torch.tensor([new_index[p] for p in perm if p not in drop], dtype=layer.perm.dtype,
+                                      device=layer.perm.device)
+            return layer
+
+        prune_in_channels = prune_out_channels  # in and out are one axis (an intra-layer dependency)
+
+        def get_out_channels(self, layer: ChannelShuffle):
+            return layer.perm.numel()
+
+        get_in_channels = get_out_channels
+
+    return ShufflePruner()
+
+
+class _PermutationMapping:
+    """Index mapping across a ChannelShuffle: input channel i sits at output position j with perm[j] = i."""
+
+    def __init__(self, shuffle: ChannelShuffle, *, to_output: bool) -> None:
+        self.shuffle = shuffle
+        self.to_output = to_output
+
+    def __call__(self, idxs):
+        from torch_pruning import _helpers
+
+        perm = self.shuffle.perm.tolist()  # read now: earlier groups may have shortened it
+        table = {p: j for j, p in enumerate(perm)} if self.to_output else perm
+        return [_helpers._HybridIndex(idx=table[i.idx], root_idx=i.root_idx) for i in idxs]
+
+
+def _install_shuffle_mappings(graph) -> int:
+    """Give every dependency across a ChannelShuffle node its permutation mapping; returns the number of shuffles."""
+    count = 0
+    for module, node in graph.module2node.items():
+        if not isinstance(module, ChannelShuffle):
+            continue
+        count += 1
+        for dep in node.dependencies:  # shuffle -> consumer: input coordinates -> output positions
+            if dep.target in node.outputs:
+                dep.index_mapping[0] = _PermutationMapping(module, to_output=True)
+        for out_node in node.outputs:  # consumer -> shuffle: output positions -> input coordinates
+            for dep in out_node.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = _PermutationMapping(module, to_output=False)
+    return count
+
+
+def _refresh_split_offsets(graph) -> None:
+    # Torch-Pruning updates a split's sizes when it prunes through it but keeps the offsets from tracing, so a
+    # later group in the same step would be mapped with stale offsets (ShuffleNet's channel split).
+    import torch_pruning as tp
+
+    for node in graph.module2node.values():
+        if node.type == tp.ops.OPTYPE.SPLIT and node.module.split_sizes is not None:
+            offsets = [0]
+            for size in node.module.split_sizes:
+                offsets.append(offsets[-1] + size)
+            node.module.offsets = offsets
+
+
+def _fix_pooled_flatten(graph) -> int:
+    """Treat a flatten of globally pooled features (B, C, 1, 1) -> (B, C) as the identity on channels.
+
+    Torch-Pruning infers a flatten stride as consumer_in // producer_out; with the IEF concat the consumer is fc1
+    (F + 157 inputs), so for F <= 157 it invents a stride of 2 or more and maps the feature channels onto the wrong
+    fc1 columns. A 1x1 spatial flatten never changes channel indices.
+    """
+    import torch_pruning as tp
+
+    fixed = 0
+    for node in graph.module2node.values():
+        if node.type != tp.ops.OPTYPE.RESHAPE:
+            continue
+        sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None) or getattr(node.grad_fn, "_saved_self_sizes", None)
+        if sizes is not None and len(sizes) == 4 and int(sizes[2]) == 1 and int(sizes[3]) == 1:
+            node.type = tp.ops.OPTYPE.ELEMENTWISE
+            # drop the stride mappings already installed while the pruner was built
+            for dep in node.dependencies:
+                dep.index_mapping[0] = None
+            for other in (*node.inputs, *node.outputs):
+                for dep in other.dependencies:
+                    if dep.target is node:
+                        dep.index_mapping[0] = None
+            fixed += 1
+    return fixed
+
+
+# ----------------------------------------------------------------------------------------------- guards
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str):
+    """Raise UserError if the block runs longer than `seconds` (SIGALRM; main thread on POSIX only)."""
+    usable = seconds and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except TimeoutError:
+        raise UserError(f"{what} did not finish within {seconds:.0f} s; Torch-Pruning hangs when the heads are not "
+                        "ignored or the IEF concat order is changed (features must come first)") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ----------------------------------------------------------------------------------------------- measurement
+
+
+def _prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def layer_widths(model: nn.Module) -> dict[str, list[int]]:
+    """{name: [in, out]} of every Conv2d and Linear layer."""
+    out = {}
+    for name, m in _prunable_layers(model).items():
+        out[name] = [m.in_channels, m.out_channels] if isinstance(m, nn.Conv2d) else [m.in_features, m.out_features]
+    return out
+
+
+def _regressor_macs(model: nn.Module) -> int:
+    n_iter = int(getattr(model, "n_iter", 1))
+    total = 0
+    for name in getattr(model, "regressor_names", []):
+        for m in getattr(model, name).modules() if hasattr(model, name) else []:
+            if isinstance(m, nn.Linear):
+                total += m.in_features * m.out_features
+    return total * n_iter
+
+
+def cost(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Params (encoder / regressor / total) and MACs at the example's size (batch 1)."""
+    import torch_pruning as tp
+
+    split = parameter_split(model)
+    probe = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        macs, _ = tp.utils.count_ops_and_params(probe, example[:1])
+    macs = int(macs)
+    reg = _regressor_macs(model)
+    with torch.no_grad():
+        features = int(probe.extract_features(example[:1]).shape[1])
+    return {"params_total": split["total"], "params_encoder": split["encoder"], "params_regressor": split["regressor"],
+            "macs": macs, "macs_encoder": macs - reg, "macs_regressor": reg, "features": features}
+
+
+# ----------------------------------------------------------------------------------------------- tracking
+
+
+class _ChannelTracker:
+    """Original channel indices still present in every Conv/Linear/BN, updated as groups are pruned."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {}
+        self.kept: dict[str, dict[str, list[int]]] = {}
+        for name, m in model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                i, o = layer_widths_of(m)
+                self.names[m] = name
+                self.kept[name] = {"in": list(range(i)), "out": list(range(o))}
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                self.names[m] = name
+                self.kept[name] = {"out": list(range(m.num_features))}
+
+    def record(self, graph, group) -> None:
+        for item in group:
+            dep, idxs = item.dep, item.idxs
+            module = dep.target.module
+            name = self.names.get(module)
+            if name is None or not idxs:
+                continue
+            drop = set(int(i) for i in idxs)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                axes = ["out"]
+            elif isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels \
+                    == module.out_channels:
+                axes = ["in", "out"]  # depthwise: one axis
+            else:
+                axes = ["out"] if graph.is_out_channel_pruning_fn(dep.handler) else ["in"]
+            for axis in axes:
+                kept = self.kept[name][axis]
+                self.kept[name][axis] = [k for pos, k in enumerate(kept) if pos not in drop]
+
+
+def layer_widths_of(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Conv2d):
+        return m.in_channels, m.out_channels
+    return m.in_features, m.out_features
+
+
+# ----------------------------------------------------------------------------------------------- pruning
+
+
+def _named(model: nn.Module, names: Iterable[str], *, key: str) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    out = {}
+    for name in names:
+        if name not in modules or not name:
+            hint = difflib.get_close_matches(name, [n for n in modules if n], n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UserError(f"prune.{key}: the model has no module {name!r}{did}; `compress info` lists the layers")
+        out[name] = modules[name]
+    return out
+
+
+def _scope_ignored(model: nn.Module, scope: str) -> list[nn.Module]:
+    regressor = set(getattr(model, "regressor_names", []))
+    if scope == "encoder":
+        return [getattr(model, n) for n in regressor if hasattr(model, n)]
+    if scope == "regressor":
+        return [m for n, m in model.named_children() if n not in regressor]
+    if scope == "all":
+        return []
+    raise UserError(f"prune.scope must be encoder, regressor or all, got {scope!r}")
+
+
+def _preflight(model: nn.Module, spec, ignored: set[nn.Module], by_module: dict[str, float]) -> None:
+    """Refuse a ratio (with round_to) that would remove every output channel of a layer, naming it."""
+    ratio_of = {}
+    for name, ratio in by_module.items():
+        root = model.get_submodule(name)
+        for m in root.modules():
+            ratio_of[m] = ratio
+    for name, m in _prunable_layers(model).items():
+        if m in ignored:
+            continue
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.out_channels:
+            continue  # depthwise convs follow the layer that feeds them
+        n = layer_widths_of(m)[1]
+        ratio = ratio_of.get(m, spec.ratio)
+        if ratio <= 0:
+            continue
+        keep = int(n * (1 - ratio))
+        keep -= keep % spec.round_to
+        if keep <= 0:
+            where = f"ratio_by_module.{name}" if m in ratio_of else "ratio"
+            raise UserError(f"prune.{where}: {ratio} with round_to={spec.round_to} would remove all {n} output "
+                            f"channels of {name}; lower it or add {name!r} to prune.ignore")
+
+
+def _calibrate(model: nn.Module, loss_fn, batches) -> int:
+    """Accumulate gradients of the real loss for data-driven importance (Taylor); returns the batch count."""
+    model.zero_grad(set_to_none=True)
+    n = 0
+    with torch.enable_grad():
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise UserError("prune: the calibration loss is not finite; check the start checkpoint and data")
+            loss.backward()
+            n += 1
+    if n == 0:
+        raise UserError("prune.importance taylor needs calibration batches (prune.calibration >= 1)")
+    return n
+
+
+def _min_keep_count(original: int, min_keep: float, round_to: int) -> int:
+    keep = max(1, math.ceil(original * min_keep - 1e-9))
+    if round_to > 1 and original >= round_to:
+        keep = math.ceil(keep / round_to) * round_to
+    return min(keep, original)
+
+
+def _enforce_min_keep(pruner, group, original: dict[nn.Module, int], min_keep: float, round_to: int,
+                      names: dict[nn.Module, str]):
+    """Trim a group so its root layer keeps at least `min_keep` of its width at the start (None: skip the group)."""
+    graph = pruner.DG
+    root = group[0].dep.target.module
+    fn = group[0].dep.handler
+    idxs = list(group[0].idxs)
+    current = graph.get_out_channels(root)
+    name = names.get(root, graph._module2name.get(root, "?"))
+    if len(idxs) >= current:
+        raise UserError(f"prune: the ratio would remove all {current} channels of {name}; lower prune.ratio or "
+                        f"add {name!r} to prune.ignore")
+    allowed = current - _min_keep_count(original.get(root, current), min_keep, round_to)
+    if len(idxs) <= allowed:
+        return group
+    if allowed <= 0:
+        log.info("min keep: %s stays at %d channels", name, current)
+        return None
+    full = graph.get_pruning_group(root, fn, list(range(current)))
+    scores = pruner.estimate_importance(full)
+    if scores is None:
+        order = sorted(idxs)
+    else:
+        order = sorted(idxs, key=lambda i: float(scores[i]))
+    log.info("min keep: %s prunes %d instead of %d channels", name, allowed, len(idxs))
+    return graph.get_pruning_group(root, fn, sorted(order[:allowed]))
+
+
+def _check_concat(model: nn.Module, before: dict[str, torch.Tensor], tracker: _ChannelTracker,
+                  example: torch.Tensor) -> None:
+    """The IEF concat layers keep their 157 estimate columns bit for bit and take features + 157 inputs."""
+    with torch.no_grad():
+        width = model.extract_features(example[:1]).shape[1]
+    for name in getattr(model, "concat_layers", []):
+        layer = model.get_submodule(name)
+        if layer.in_features != width + N_ESTIMATE:
+            raise RuntimeError(f"pruning broke {name}: in_features {layer.in_features} != features {width} + 157")
+        rows = tracker.kept[name]["out"]
+        expected = before[name][rows]
+        if not torch.equal(layer.weight[:, -N_ESTIMATE:].detach(), expected):
+            raise RuntimeError(f"pruning changed the pose/shape/cam columns of {name} (Torch-Pruning index mapping)")
+
+
+def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn: Callable | None = None,
+                calibration_batches: Iterable | None = None, build_timeout_s: float = BUILD_TIMEOUT_S,
+                track_channels: bool = False) -> tuple[nn.Module, dict]:
+    """Structured channel pruning of a zoo model -> (pruned copy in train mode, summary dict).
+
+    spec: recipe PruneSpec (or a mapping with its keys). example_inputs: (B, 3, R, R) images for tracing.
+    loss_fn(model, batch) -> scalar and calibration_batches are needed by `taylor`. The input model is not changed.
+    track_channels=True adds summary["kept_channels"] = {layer: {"in": [...], "out": [...]}} (original indices).
+    """
+    import torch_pruning as tp
+
+    spec = _as_spec(spec)
+    if spec.target is not None:
+        raise UserError("prune.target is reserved and not implemented yet: give prune.ratio instead")
+    notes: list[str] = [MACS_NOTE]
+    model = copy.deepcopy(model).eval()
+    example = example_inputs.to(next(model.parameters()).device)
+    before = cost(model, example)
+    widths_before = layer_widths(model)
+
+    heads = _named(model, getattr(model, "head_names", []), key="heads")
+    extra = _named(model, spec.ignore, key="ignore")
+    by_module = _named(model, spec.ratio_by_module, key="ratio_by_module")
+    ignored = list(heads.values()) + list(extra.values()) + _scope_ignored(model, spec.scope)
+    ignored_set = {sub for m in ignored for sub in m.modules()}
+    _preflight(model, spec, ignored_set, dict(spec.ratio_by_module))
+
+    importance = _importance(spec.importance, notes)
+    shuffles = [m for m in model.modules() if isinstance(m, ChannelShuffle)]
+    tracker = _ChannelTracker(model)
+    concat_before = {n: model.get_submodule(n).weight[:, -N_ESTIMATE:].detach().clone()
+                     for n in getattr(model, "concat_layers", [])}
+    min_keep = 1.0 - spec.max_layer_ratio
+    t0 = time.perf_counter()
+    with time_limit(build_timeout_s, "building the Torch-Pruning dependency graph"):
+        pruner = tp.pruner.BasePruner(
+            model, example[:1], importance=importance, pruning_ratio=spec.ratio,
+            pruning_ratio_dict={by_module[n]: r for n, r in spec.ratio_by_module.items()},
+            global_pruning=spec.global_, max_pruning_ratio=spec.max_layer_ratio,
+            iterative_steps=spec.iterative_steps, ignored_layers=ignored,
+            round_to=spec.round_to if spec.round_to > 1 else None,
+            customized_pruners={ChannelShuffle: _shuffle_pruner()} if shuffles else None,
+        )
+    build_s = time.perf_counter() - t0
+    _fix_pooled_flatten(pruner.DG)
+    if shuffles:
+        n = _install_shuffle_mappings(pruner.DG)
+        notes.append(f"ShuffleNetV2: {n} channel shuffles pruned through their permutation (paired channels)")
+    original_out = {m: layer_widths_of(m)[1] for m in _prunable_layers(model).values()}
+    names = {m: n for n, m in model.named_modules()}
+
+    t1 = time.perf_counter()
+    n_calibration = 0
+    with time_limit(build_timeout_s, "pruning"):
+        for step in range(spec.iterative_steps):
+            if spec.importance == "taylor":
+                if loss_fn is None or calibration_batches is None:
+                    raise UserError("prune.importance taylor needs calibration data (run through `compress prune`, "
+                                    "which uses prune.calibration batches of the training set)")
+                n_calibration = _calibrate(model, loss_fn, calibration_batches)
+            with torch.no_grad():
+                for group in pruner.step(interactive=True):
+                    group = _enforce_min_keep(pruner, group, original_out, min_keep, spec.round_to, names)
+                    if group is None:
+                        continue
+                    tracker.record(pruner.DG, group)
+                    group.prune()
+                    _refresh_split_offsets(pruner.DG)
+            _check_concat(model, concat_before, tracker, example)
+            log.info("prune step %d/%d done", step + 1, spec.iterative_steps)
+    prune_s = time.perf_counter() - t1
+
+    model.zero_grad(set_to_none=True)
+    after = cost(model, example)
+    widths_after = layer_widths(model)
+    fractions = {n: widths_after[n][1] / widths_before[n][1] for n in widths_before if n in widths_after}
+    min_layer = min(fractions, key=fractions.get) if fractions else ""
+    if isinstance(importance, _BNScaleWithFallback) and importance.fallback:
+        notes.append(f"bn_scale: {len(set(importance.fallback))} groups without BatchNorm scored by L2 magnitude "
+                     f"({', '.join(sorted(set(importance.fallback))[:4])}...)")
+    if spec.scope == "regressor" and before["params_regressor"] == after["params_regressor"]:
+        notes.append("scope regressor: nothing prunable outside the heads in this model")
+    model.train()
+    summary = {
+        "model": getattr(model, "config", {}).get("name", type(model).__name__),
+        "importance": spec.importance, "ratio": spec.ratio, "global": spec.global_, "scope": spec.scope,
+        "round_to": spec.round_to, "iterative_steps": spec.iterative_steps, "max_layer_ratio": spec.max_layer_ratio,
+        "ratio_by_module": dict(spec.ratio_by_module), "ignore": list(spec.ignore),
+        "img_res": int(example.shape[-1]),
+        "before": before, "after": after,
+        "params_kept": after["params_total"] / before["params_total"],
+        "macs_kept": after["macs"] / before["macs"] if before["macs"] else 1.0,
+        "min_keep_fraction": round(fractions.get(min_layer, 1.0), 4), "min_keep_layer": min_layer,
+        "widths": {n: {"before": widths_before[n], "after": widths_after[n]} for n in widths_before
+                   if widths_before[n] != widths_after.get(n)},
+        "calibration_batches": n_calibration,
+        "build_seconds": round(build_s, 2), "prune_seconds": round(prune_s, 2),
+        "notes": notes,
+    }
+    if track_channels:
+        summary["kept_channels"] = tracker.kept
+    log.info("pruned %s: params %d -> %d, MACs %d -> %d", summary["model"], before["params_total"],
+             after["params_total"], before["macs"], after["macs"])
+    return model, summary
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+START_CHECKPOINTS = ("finetuned.pt", "trained.pt", "pruned.pt")  # what a run directory offers to prune, in order
+
+
+def _resolve_start(ref: str) -> Path:
+    path = Path(ref)
+    if path.is_dir():
+        for name in START_CHECKPOINTS:
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"prune.from: no checkpoint in {path} (looked for {', '.join(START_CHECKPOINTS)})")
+    if not path.is_file():
+        raise UserError(f"prune.from: checkpoint not found: {path} (a .pt file or a run directory)")
+    return path
+
+
+def load_start_model(recipe) -> tuple[nn.Module, str | None]:
+    """The model to prune: prune.from, else model.checkpoint, else a fresh zoo model -> (model, parent path)."""
+    from compress.checkpoint import load_checkpoint, read_checkpoint_file
+    from compress.models import create_model
+
+    ref = recipe.prune.from_ or recipe.model.checkpoint
+    if not ref:
+        log.warning("prune: no prune.from or model.checkpoint, pruning a freshly initialised %s", recipe.model.name)
+        model = create_model(recipe.model.name, **{**recipe.model.overrides, "img_res": recipe.model.img_res})
+        return model, None
+    path = _resolve_start(ref)
+    ours = "format_version" in read_checkpoint_file(path)
+    # our files describe their model; SPIN files and bare state_dicts take it from the recipe
+    model, meta = load_checkpoint(path, name=None if ours else recipe.model.name, img_res=recipe.model.img_res)
+    return model, str(meta.get("path", path))
+
+
+def hmr_loss_fn(recipe, *, device: torch.device) -> Callable:
+    """loss_fn(model, batch) -> SPIN's weighted total loss (the fine-tuning loss), for data-driven importance."""
+    from compress.losses import compute_losses, loss_weights, spin_losses
+    from compress.recipe import TrainSpec
+    from compress.smpl import SMPL
+
+    spec = recipe.finetune or recipe.train or TrainSpec()
+    weights = loss_weights(spec, distill=False)
+    smpl = SMPL(recipe.data.root, gender="neutral").to(device)
+    keys = ("keypoints", "pose_3d", "has_pose_3d", "pose", "betas", "has_smpl")
+
+    def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
+        targets = {k: batch[k].to(device).float() for k in keys}
+        out = model(batch["img"].to(device))
+        pred = smpl(out["rotmat"], out["betas"])
+        terms = spin_losses(out, pred.vertices, pred.joints, targets, weights=weights, img_res=recipe.model.img_res)
+        return compute_losses(terms, weights)["total"]
+
+    return loss_fn
+
+
+def calibration_batches(recipe, *, n: int, batch_size: int = 8) -> list[dict]:
+    """The first `n` batches of a seeded shuffle of the training mix, without augmentation."""
+    from compress.data.datasets import MixedDataset
+
+    dataset = MixedDataset(recipe.data.root, datasets=list(recipe.data.train_datasets), mix=dict(recipe.data.mix),
+                           img_res=recipe.model.img_res, is_train=True, augment=False,
+                           image_roots=dict(recipe.data.image_roots), cache=recipe.data.cache)
+    generator = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                                         num_workers=0, drop_last=False)
+    batches = []
+    for batch in loader:
+        if len(batches) >= n:
+            break
+        batches.append(batch)
+    return batches
+
+
+def _point_latest(run_dir: Path) -> None:
+    """runs/latest -> run_dir (a relative symlink, replaced atomically)."""
+    import os
+
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, link)
+
+
+def run_prune(recipe, *, out_dir: str | Path | None = None) -> dict:
+    """`compress prune RECIPE`: load the start model, prune it, write runs/NAME/{pruned.pt, recipe.yaml,
+    metrics/prune_summary.json} and point runs/latest at the run. Returns the summary."""
+    from compress.checkpoint import atomic_write_text, save_checkpoint
+    from compress.recipe import save_recipe
+
+    spec = recipe.prune
+    if spec is None:
+        raise UserError("the recipe has no `prune` section (see recipes/mbv2_p1.yaml)")
+    run_dir = Path(out_dir) if out_dir else Path("runs") / (recipe.name or "prune")
+    model, parent = load_start_model(recipe)
+    device = next(model.parameters()).device
+    res = recipe.model.img_res
+    example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device)
+    loss_fn = batches = None
+    if spec.importance == "taylor":
+        loss_fn = hmr_loss_fn(recipe, device=device)
+        batches = calibration_batches(recipe, n=spec.calibration)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # `random` importance and dropout-free tracing are then reproducible
+        pruned, summary = prune_model(model, spec, example, loss_fn=loss_fn, calibration_batches=batches)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, run_dir / "recipe.yaml")
+    record = {k: v for k, v in summary.items() if k != "widths"}
+    path = save_checkpoint(pruned, run_dir / "pruned.pt", parent=parent, recipe=recipe, metrics={}, stage="pruned",
+                           prune=record)
+    summary["checkpoint"] = str(path)
+    summary["parent"] = parent
+    (run_dir / "metrics").mkdir(exist_ok=True)
+    atomic_write_text(run_dir / "metrics" / "prune_summary.json", json.dumps(summary, indent=2))
+    _point_latest(run_dir)
+    log.info("wrote %s", path)
+    return summary
