@@ -266,6 +266,7 @@ def cmd_report(args) -> int:
     fmt = "json" if args.json else args.format
     rows, out = run_report(args.runs or None, baseline=args.baseline, fmt=fmt, plots=args.plots, retime=args.retime,
                            runs_dir=args.runs_dir, device=args.device, onnx=args.onnx_latency,
+                           interleave=args.interleave,
                            width=_console().width, color=sys.stdout.isatty())
     if fmt == "md":
         _console().print(f"report written: [bold]{out}[/] ({len(rows)} rows)")
@@ -384,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="md writes <runs-dir>/report.md (default: %(default)s)")
     p.add_argument("--plots", metavar="DIR", default=None, help="write PNG plots here")
     p.add_argument("--retime", action="store_true", help="measure latency and memory again (ignore the cache)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time all rows again in alternation (fair comparison on a busy machine; not cached)")
     p.add_argument("--onnx-latency", action="store_true", help="add an onnxruntime CPU latency column")
     p.add_argument("--device", default="cpu", help="device for profiling (default: %(default)s)")
     p.add_argument("--runs-dir", default="runs", help="where runs live (default: %(default)s)")

@@ -282,12 +282,13 @@ def _baseline_path(baseline: str | Path, runs_dir: Path) -> Path:
 
 def collect_rows(
     runs: Iterable[str | Path] | None = None, *, baseline: str | Path | None = None, retime: bool = False,
-    device: str = "cpu", runs_dir: str | Path = "runs", onnx: bool = False,
+    device: str = "cpu", runs_dir: str | Path = "runs", onnx: bool = False, interleave: bool = False,
 ) -> list[dict]:
     """Rows (JSON contract of DESIGN.md) for the baseline, each pruned model and each fine-tuned stage.
 
     runs: run directories, run names under runs_dir, or checkpoint files; default all runs, latest first.
     baseline: the reference checkpoint (or run dir) for deltas; default the root of each chain of parents.
+    interleave: time all rows of a chain again, in alternation, instead of using each checkpoint's cached latency.
     """
     runs_dir = Path(runs_dir)
     targets = [_resolve_run(r, runs_dir) for r in runs] if runs else discover_runs(runs_dir)
@@ -322,7 +323,11 @@ def collect_rows(
             label, _ = members[path]
             row = _row(graph.node(path), label, runs_dir=runs_dir, retime=retime, device=device, onnx=onnx)
             rows.append(row)
-        for row in rows[start:]:
+        group = rows[start:]
+        _choose_memory(group)
+        if interleave:
+            _interleave_latency(group, device=device)
+        for row in group:
             row["baseline"] = str(root)
             row["delta"] = {} if row is base_row else compute_delta(row, base_row)
             _note_sample_mismatch(row, base_row)
@@ -397,13 +402,7 @@ def _row(node: _Node, stage: str, *, runs_dir: Path, retime: bool, device: str, 
 def _cost_fields(profile: dict | None) -> dict:
     p = profile or {}
     mem = dict(p.get("peak_mem_mb") or {})
-    # Measured peak where there is one, else the device-independent estimate.
-    for phase in ("infer", "train"):
-        measured, estimate = mem.get(f"{phase}_measured"), mem.get(f"{phase}_estimate")
-        mem[phase] = measured if _is_number(measured) else estimate
-        if mem:
-            mem[f"{phase}_source"] = "measured" if _is_number(measured) else "estimate"
-    lat = p.get("latency") or {}
+    lat = dict(p.get("latency") or {})
     return {
         "params_total": p.get("params_total"),
         "params_encoder": p.get("params_encoder"),
@@ -419,12 +418,61 @@ def _cost_fields(profile: dict | None) -> dict:
 
 
 def _cost_notes(profile: dict, notes: dict[str, str]) -> None:
-    mem = profile.get("peak_mem_mb") or {}
-    for phase in ("infer", "train"):
-        if not _is_number(mem.get(f"{phase}_measured")) and _is_number(mem.get(f"{phase}_estimate")):
-            notes[f"{phase}_mem_mb"] = "estimate (no measurement)"
     if _get(profile, ("latency", "b32", "median_ms")) is None:
         notes["latency_b32_ms"] = "batch 32 not timed"
+    _noise_notes(profile.get("latency") or {}, notes)
+
+
+NOISY_SPREAD = 0.25  # (p90 - p10) / median above this: the machine was busy while timing
+
+
+def _noise_notes(lat: dict, notes: dict[str, str]) -> None:
+    for key, col in (("b1", "latency_ms"), ("b32", "latency_b32_ms")):
+        st = lat.get(key) or {}
+        med, p10, p90 = st.get("median_ms"), st.get("p10_ms"), st.get("p90_ms")
+        if all(_is_number(v) for v in (med, p10, p90)) and med > 0 and (p90 - p10) / med > NOISY_SPREAD:
+            notes[col] = (f"noisy timing: p10-p90 spread above {NOISY_SPREAD:.0%} of the median; "
+                          "re-run with --retime --interleave on a quiet machine")
+        elif notes.get(col, "").startswith("noisy"):
+            del notes[col]
+
+
+def _choose_memory(rows: list[dict]) -> None:
+    """One source per memory column, the same for every row: the measured peaks when every row has a positive
+    one, else the device-independent estimates (a measured peak next to an estimate would compare nothing)."""
+    for phase in ("infer", "train"):
+        mems = [r["peak_mem_mb"] for r in rows if r.get("peak_mem_mb")]
+        measured = [m.get(f"{phase}_measured") for m in mems]
+        use_measured = bool(mems) and all(_is_number(v) and v > 0 for v in measured)
+        for m in mems:
+            m[phase] = m.get(f"{phase}_measured" if use_measured else f"{phase}_estimate")
+            m[f"{phase}_source"] = "measured" if use_measured else "estimate"
+        if mems and not use_measured:
+            why = ("0 MB for some" if any(_is_number(v) for v in measured) else "missing for some")
+            for r in rows:
+                if r.get("peak_mem_mb"):
+                    r["notes"][f"{phase}_mem_mb"] = (f"device-independent estimate (measured peak {why} rows; "
+                                                     "see peak_mem_mb in --format json)")
+
+
+def _interleave_latency(rows: list[dict], *, device: str) -> None:
+    """Time every row's model again, in alternation (A B C A B C ...), so machine load hits all rows alike."""
+    from compress.profile import interleaved_latency, load_any
+
+    timed = [r for r in rows if r.get("latency") and r.get("img_res")]
+    for res in sorted({r["img_res"] for r in timed}):
+        same = [r for r in timed if r["img_res"] == res]
+        models = {r["checkpoint"]: load_any(r["checkpoint"])[0] for r in same}
+        keys = sorted({k for r in same for k in r["latency"] if re.fullmatch(r"b\d+", k)}, key=lambda k: int(k[1:]))
+        for key in keys:
+            stats = interleaved_latency(models, img_res=res, batch_size=int(key[1:]), device=device)
+            for r in same:
+                r["latency"][key] = stats[r["checkpoint"]]
+        for r in same:
+            r["latency"]["method"] = "interleaved"
+            r["latency_ms"] = _get(r["latency"], ("b1", "median_ms"))
+            r["latency_b32_ms"] = _get(r["latency"], ("b32", "median_ms"))
+            _noise_notes(r["latency"], r["notes"])
 
 
 def _profile(path: Path, *, retime: bool, device: str) -> tuple[dict | None, str]:
@@ -592,9 +640,19 @@ class _Cell:
     better: bool | None = None
 
 
-def _cell(row: dict, col: Column, notes: _Footnotes) -> _Cell:
+def _column_marks(rows: list[dict], cols: list[Column], notes: _Footnotes) -> dict[str, str]:
+    """A note every row of a column shares goes on the header once, not on each cell."""
+    marks = {}
+    for c in cols:
+        reasons = {r.get("notes", {}).get(c.key) for r in rows}
+        if len(reasons) == 1 and None not in reasons and any(_is_number(_get(r, c.path)) for r in rows):
+            marks[c.key] = notes.mark(reasons.pop())
+    return marks
+
+
+def _cell(row: dict, col: Column, notes: _Footnotes, *, on_header: frozenset = frozenset()) -> _Cell:
     value = _get(row, col.path)
-    reason = row.get("notes", {}).get(col.key)
+    reason = None if col.key in on_header else row.get("notes", {}).get(col.key)
     mark = notes.mark(reason) if reason else ""
     if not _is_number(value):
         return _Cell(DASH + mark)
@@ -632,11 +690,13 @@ def _context_lines(rows: list[dict]) -> list[str]:
     if prof:
         lat = prof["latency"]
         b1 = lat.get("b1", {})
+        how = "all rows timed in alternation" if lat.get("method") == "interleaved" else "each checkpoint timed alone"
         lines.append(f"latency: median of {b1.get('repeats', '?')} runs after warm-up on {lat.get('device', '?')}, "
-                     f"{lat.get('threads', '?')} thread(s), input {prof.get('img_res', '?')} px")
+                     f"{lat.get('threads', '?')} thread(s), input {prof.get('img_res', '?')} px ({how})")
     mem = next((r["peak_mem_mb"] for r in rows if r.get("peak_mem_mb")), None)
     if mem:
-        lines.append(f"memory: peak of one inference (batch 1) and one training step (batch {mem.get('train_batch', '?')}),"
+        batch = mem.get("train_batch", "?")
+        lines.append(f"memory: peak of one inference (batch 1) and one training step (batch {batch}),"
                      f" {mem.get('method', 'method not recorded')}")
     counter = next((r["macs_counter"] for r in rows if r.get("macs_counter")), None)
     if counter:
@@ -657,14 +717,15 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
 
     cols = visible_columns(rows)
     notes = _Footnotes()
-    cells = {c.key: [_cell(r, c, notes) for r in rows] for c in cols}
+    col_marks = _column_marks(rows, cols, notes)
+    cells = {c.key: [_cell(r, c, notes, on_header=frozenset(col_marks)) for r in rows] for c in cols}
     row_marks = [notes.mark(r["notes"]["row"]) if r.get("notes", {}).get("row") else "" for r in rows]
     buf = io.StringIO()
     console = Console(file=buf, width=width or 200, force_terminal=color, color_system="standard" if color else None,
                       highlight=False)
     lead = 7 + max(len(r["stage"]) + 1 for r in rows) + max(len(r["run"]) for r in rows)
     widths = {c.key: max([len(x) for cell in cells[c.key] for x in (cell.value, cell.delta)]
-                         + [len(w) for w in _header(c).split("\n")]) + 3 for c in cols}
+                         + [len(w) for w in _header(c, col_marks).split("\n")]) + 3 for c in cols}
     titles = {"cost": "cost", "3d": "3D pose (mm)", "lsp": "LSP segmentation"}
     chunks = _pack(cols, widths, console.width - lead)
     for chunk in chunks:
@@ -674,7 +735,7 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
         table.add_column("stage", no_wrap=True)
         table.add_column("run", no_wrap=True)
         for c in chunk:
-            table.add_column(_header(c), justify="right", no_wrap=True)
+            table.add_column(_header(c, col_marks), justify="right", no_wrap=True)
         for i, r in enumerate(rows):
             out = []
             for c in chunk:
@@ -691,9 +752,10 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
     return buf.getvalue()
 
 
-def _header(col: Column) -> str:
+def _header(col: Column, marks: dict[str, str]) -> str:
     """Two-line headers keep the columns narrow: "3DPW MPJPE" -> "3DPW" over "MPJPE"."""
     head, _, tail = col.title.rpartition(" ")
+    tail += marks.get(col.key, "")
     return f"{head}\n{tail}" if head else tail
 
 
@@ -733,13 +795,15 @@ def render_markdown(rows: list[dict]) -> str:
     """One Markdown table in the study's Table V layout; deltas under the values."""
     cols = visible_columns(rows)
     notes = _Footnotes()
-    lines = ["# compress report", "", "| stage | run | " + " | ".join(c.title for c in cols) + " |",
+    col_marks = _column_marks(rows, cols, notes)
+    lines = ["# compress report", "",
+             "| stage | run | " + " | ".join(c.title + col_marks.get(c.key, "") for c in cols) + " |",
              "|---|---|" + "---:|" * len(cols)]
     for r in rows:
         mark = notes.mark(r["notes"]["row"]) if r.get("notes", {}).get("row") else ""
         parts = []
         for c in cols:
-            cell = _cell(r, c, notes)
+            cell = _cell(r, c, notes, on_header=frozenset(col_marks))
             text = cell.value
             if cell.delta:
                 arrow = "" if cell.better is None else (" ▲" if cell.better else " ▼")
@@ -989,12 +1053,13 @@ RENDERERS: dict[str, Callable[[list[dict]], str]] = {"md": render_markdown, "csv
 def run_report(
     runs: Iterable[str | Path] | None = None, *, baseline: str | Path | None = None, fmt: str = "table",
     plots: str | Path | None = None, retime: bool = False, runs_dir: str | Path = "runs", device: str = "cpu",
-    onnx: bool = False, width: int | None = None, color: bool = True,
+    onnx: bool = False, interleave: bool = False, width: int | None = None, color: bool = True,
 ) -> tuple[list[dict], str]:
-    """Collect the rows and render them: table/csv/json -> the text; md -> writes runs_dir/report.md, returns its path."""
+    """Collect the rows and render them: table/csv/json give the text; md writes runs_dir/report.md, gives its path."""
     if fmt not in ("table", *RENDERERS):
         raise UserError(f"unknown report format {fmt!r}: choose table, md, csv or json")
-    rows = collect_rows(runs, baseline=baseline, retime=retime, device=device, runs_dir=runs_dir, onnx=onnx)
+    rows = collect_rows(runs, baseline=baseline, retime=retime, device=device, runs_dir=runs_dir, onnx=onnx,
+                        interleave=interleave)
     if plots:
         for path in make_plots(rows, plots, runs_dir=runs_dir):
             log.info("wrote %s", path)

@@ -36,7 +36,7 @@ FT2_METRICS = {  # no LSP and no H36M-P2: "not evaluated"
 
 
 def _profile(params: int, macs: int, latency: float, infer: float, train: float | None) -> dict:
-    b1 = {"median_ms": latency, "p10_ms": latency * 0.9, "p90_ms": latency * 1.2, "repeats": 15}
+    b1 = {"median_ms": latency, "p10_ms": latency * 0.9, "p90_ms": latency * 1.1, "repeats": 15}
     b32 = {"median_ms": latency * 20, "p10_ms": latency * 19, "p90_ms": latency * 22, "repeats": 15}
     return {
         "params_total": params, "params_encoder": params - 300, "params_regressor": 300, "macs": macs,
@@ -73,7 +73,8 @@ def runs(tmp_path, monkeypatch):
     r = tmp_path / "runs"
     base = _save(r / "base" / "trained.pt", parent=None, metrics=BASE_METRICS,
                  profile=_profile(1000, 2_000_000_000, 10.0, 40.0, 200.0))
-    p1 = _save(r / "p1" / "pruned.pt", parent=base, metrics=None, profile=_profile(800, 1_500_000_000, 8.0, 30.0, 150.0))
+    p1 = _save(r / "p1" / "pruned.pt", parent=base, metrics=None,
+               profile=_profile(800, 1_500_000_000, 8.0, 30.0, 150.0))
     ft1 = _save(r / "p1" / "finetuned.pt", parent=p1, metrics=FT1_METRICS, stage="FT(20)",
                 profile=_profile(800, 1_500_000_000, 12.5, 30.0, 150.0))
     p2 = _save(r / "p2" / "pruned.pt", parent=ft1, metrics=None, profile=_profile(600, 1_000_000_000, 6.0, 25.0, None))
@@ -117,10 +118,14 @@ def test_deltas_by_construction(runs):
     assert d["params_total"] == {"abs": -200, "pct": -20.0, "better": True}
     assert d["macs"]["pct"] == -25.0
     assert d["latency_ms"] == {"abs": 2.5, "pct": 25.0, "better": False}
-    assert d["peak_mem_mb"]["train"] == {"abs": -50.0, "pct": -25.0, "better": True}
-    # P2 has no measured training memory: the estimate stands in, and the delta compares estimates.
-    p2 = rows[3]
-    assert p2["peak_mem_mb"]["train"] == 50.0 and p2["notes"]["train_mem_mb"] == "estimate (no measurement)"
+    assert d["peak_mem_mb"]["infer"] == {"abs": -10.0, "pct": -25.0, "better": True}  # measured in every row
+    # P2 has no measured training peak, so the whole column shows estimates (never measured next to estimated).
+    assert [r["peak_mem_mb"]["train"] for r in rows] == [50.0] * 5
+    assert {r["peak_mem_mb"]["train_source"] for r in rows} == {"estimate"}
+    assert d["peak_mem_mb"]["train"]["abs"] == 0.0
+    assert rows[0]["notes"]["train_mem_mb"].startswith("device-independent estimate")
+    header = next(line for line in render_markdown(rows).splitlines() if line.startswith("| stage |"))
+    assert "mem train MB¹" in header and "mem infer MB |" in header  # a note shared by the column: on its header
     assert "lsp" not in rows[4]["delta"].get("metrics", {})
 
 
@@ -323,10 +328,37 @@ def test_a_trained_baseline_starts_the_chain_even_with_a_parent(tmp_path, monkey
 
     monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: pytest.fail("re-timed"))
     r = tmp_path / "runs"
-    init = _save(tmp_path / "checkpoints" / "imagenet_init.pt", parent=None, metrics=None, profile=_profile(9, 9, 9, 9, 9))
+    init = _save(tmp_path / "checkpoints" / "init.pt", parent=None, metrics=None, profile=_profile(9, 9, 9, 9, 9))
     base = _save(r / "base" / "trained.pt", parent=init, metrics=BASE_METRICS, stage="trained",
                  profile=_profile(1000, 10, 1.0, 1.0, 1.0))
     _save(r / "p1" / "pruned.pt", parent=base, metrics=FT1_METRICS, profile=_profile(800, 8, 1.0, 1.0, 1.0))
     rows = collect_rows(["p1"], runs_dir=r)
     assert [(row["stage"], row["run"]) for row in rows] == [("baseline", "base"), ("P1", "p1")]
     assert rows[1]["delta"]["params_total"]["pct"] == -20.0
+
+
+def test_noisy_timing_is_flagged():
+    notes = {}
+    report._noise_notes({"b1": {"median_ms": 10.0, "p10_ms": 9.0, "p90_ms": 13.0},
+                         "b32": {"median_ms": 100.0, "p10_ms": 95.0, "p90_ms": 110.0}}, notes)
+    assert set(notes) == {"latency_ms"} and notes["latency_ms"].startswith("noisy timing")
+
+
+def test_interleave_times_all_rows_together(runs, monkeypatch):
+    import compress.profile
+
+    calls = []
+
+    def fake_interleaved(models, *, img_res, batch_size, device="cpu", **kw):
+        calls.append((sorted(Path(k).parent.name + "/" + Path(k).name for k in models), img_res, batch_size))
+        return {k: {"median_ms": 100.0 / (i + 1) * batch_size, "p10_ms": 1.0, "p90_ms": 2.0, "repeats": 15}
+                for i, k in enumerate(models)}
+
+    monkeypatch.setattr(compress.profile, "interleaved_latency", fake_interleaved)
+    monkeypatch.setattr(compress.profile, "load_any", lambda path: (object(), {}))
+    rows = collect_rows(runs_dir=runs["dir"], interleave=True)
+    assert [c[1:] for c in calls] == [(64, 1), (64, 32)] and len(calls[0][0]) == 5  # one timing of all five
+    assert [r["latency_ms"] for r in rows] == [100.0, 50.0, 100.0 / 3, 25.0, 20.0]
+    assert rows[1]["latency_b32_ms"] == 50.0 * 32 and rows[1]["latency"]["method"] == "interleaved"
+    assert rows[1]["delta"]["latency_ms"] == {"abs": -50.0, "pct": -50.0, "better": True}
+    assert "all rows timed in alternation" in render_markdown(rows)
