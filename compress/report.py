@@ -683,6 +683,14 @@ def _hidden_reasons(rows: list[dict]) -> list[str]:
     return [f"not shown ({why}): {', '.join(titles)}" for why, titles in by_reason.items()]
 
 
+def _memory_source(mem: dict, phase: str) -> str:
+    if mem.get(f"{phase}_source") == "measured":
+        return f"measured ({mem.get('method', 'method not recorded')})"
+    if phase == "train":
+        return "estimated (parameters, gradients, Adam state, tensors saved for backward)"
+    return "estimated (parameters, buffers, largest layer input+output)"
+
+
 def _context_lines(rows: list[dict]) -> list[str]:
     """How the cost columns were measured, from the first profiled row."""
     lines = []
@@ -695,9 +703,8 @@ def _context_lines(rows: list[dict]) -> list[str]:
                      f"{lat.get('threads', '?')} thread(s), input {prof.get('img_res', '?')} px ({how})")
     mem = next((r["peak_mem_mb"] for r in rows if r.get("peak_mem_mb")), None)
     if mem:
-        batch = mem.get("train_batch", "?")
-        lines.append(f"memory: peak of one inference (batch 1) and one training step (batch {batch}),"
-                     f" {mem.get('method', 'method not recorded')}")
+        lines.append(f"memory: inference at batch 1 {_memory_source(mem, 'infer')}; training step at batch "
+                     f"{mem.get('train_batch', '?')} {_memory_source(mem, 'train')}")
     counter = next((r["macs_counter"] for r in rows if r.get("macs_counter")), None)
     if counter:
         lines.append(f"MACs: {counter}")
@@ -919,6 +926,9 @@ def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
         ax.set_ylabel("PA-MPJPE (mm, lower is better)")
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.15)
+        ax.scatter([], [], s=70, color="tab:orange", edgecolors="black", label="on the front")
+        if len(front) < len(pts):
+            ax.scatter([], [], s=45, color="white", edgecolors="tab:blue", label="dominated")
         ax.legend(loc="best", fontsize=8)
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
@@ -961,7 +971,8 @@ def plot_latency(rows: list[dict], out_dir: Path) -> Path | None:
         ax.set_yticks(y, names)
         ax.set_xlabel("latency (ms): median, whiskers p10-p90; speed-up vs the baseline")
         lat = next((rows[i]["latency"] for i in idx if rows[i].get("latency")), {})
-        ax.set_title(f"{title} on {lat.get('device', 'cpu')}, {lat.get('threads', '?')} thread(s)")
+        how = "rows timed in alternation" if lat.get("method") == "interleaved" else "each timed alone"
+        ax.set_title(f"{title} on {lat.get('device', 'cpu')}, {lat.get('threads', '?')} thread(s), {how}", fontsize=10)
         ax.set_xlim(0, max(m + h for m, h in zip(med, hi)) * 1.4)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -1011,6 +1022,17 @@ def training_curve(records: list[dict]) -> dict[str, tuple[list[float], list[flo
     return {name: (sorted(v), [v[k] for k in sorted(v)]) for name, v in by_name.items()}
 
 
+def _epoch_starts(records: list[dict], *, most: int = 30) -> list[tuple[float, int]]:
+    """(first step, epoch) where the step records' epoch changes; none when there would be too many to read."""
+    out, last = [], None
+    for rec in records:
+        if rec.get("kind", "step") == "step" and _is_number(rec.get("epoch")) and _is_number(rec.get("step")):
+            if last is not None and rec["epoch"] != last:
+                out.append((rec["step"], int(rec["epoch"])))
+            last = rec["epoch"]
+    return out if len(out) <= most else []
+
+
 def plot_training_curve(run_dir: Path, out_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
@@ -1022,12 +1044,16 @@ def plot_training_curve(run_dir: Path, out_dir: Path) -> Path | None:
     if "loss" not in series:
         log.info("%s has no loss records: training-curve plot skipped", log_file)
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     steps, values = series["loss"]
-    ax.plot(steps, values, color="black", lw=1.8, label="total loss")
+    ax.plot(steps, values, color="black", lw=1.8, label="total (weighted)")
     for name, (s, v) in sorted(series.items()):
         if name != "loss" and any(v):  # terms switched off by their weight stay flat at 0: not worth a line
             ax.plot(s, v, lw=0.9, alpha=0.7, label=name.replace("loss_", "").replace("loss/", ""))
+    for step, epoch in _epoch_starts(records):
+        ax.axvline(step, color="grey", lw=0.6, ls=":", zorder=0)
+        ax.annotate(f"ep {epoch}", (step, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                    textcoords="offset points", fontsize=7, color="grey")
     positive = [v for _, vs in series.values() for v in vs if v > 0]
     if positive and max(positive) / min(positive) > 50:
         ax.set_yscale("log")
@@ -1036,7 +1062,7 @@ def plot_training_curve(run_dir: Path, out_dir: Path) -> Path | None:
     phases = sorted({str(r.get("phase")) for r in records if r.get("phase")})
     ax.set_title(f"training curve: {Path(run_dir).name}" + (f" ({', '.join(phases)})" if phases else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="loss", title_fontsize=8)
     fig.tight_layout()
     path = out_dir / f"curve_{Path(run_dir).name}.png"
     fig.savefig(path, dpi=120)
