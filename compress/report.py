@@ -331,6 +331,7 @@ def collect_rows(
             row["baseline"] = str(root)
             row["delta"] = {} if row is base_row else compute_delta(row, base_row)
             _note_sample_mismatch(row, base_row)
+            _note_resolution_mismatch(row, base_row)
     return rows
 
 
@@ -604,6 +605,14 @@ def _note_sample_mismatch(row: dict, base: dict) -> None:
             for col in COLUMNS:
                 if col.path[:2] == ("metrics", ds) and _get(row, col.path) is not None:
                     row["notes"][col.key] = f"{DATASET_TITLES.get(ds, ds)}: {n} samples vs {n0} for the baseline"
+
+
+def _note_resolution_mismatch(row: dict, base: dict) -> None:
+    res, res0 = row.get("img_res"), base.get("img_res")
+    if res and res0 and res != res0:
+        for col in COST_COLUMNS:
+            if col.key not in ("params",) and _is_number(_get(row, col.path)):
+                row["notes"][col.key] = f"profiled at {res} px, the baseline at {res0} px"
 
 
 # ----------------------------------------------------------------------------------------------- cells

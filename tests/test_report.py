@@ -362,3 +362,13 @@ def test_interleave_times_all_rows_together(runs, monkeypatch):
     assert rows[1]["latency_b32_ms"] == 50.0 * 32 and rows[1]["latency"]["method"] == "interleaved"
     assert rows[1]["delta"]["latency_ms"] == {"abs": -50.0, "pct": -50.0, "better": True}
     assert "all rows timed in alternation" in render_markdown(rows)
+
+
+def test_a_different_profiling_resolution_is_footnoted(runs):
+    cache = runs["p1"].with_name("pruned.pt.profile.json")
+    data = json.loads(cache.read_text())
+    data["profile"]["img_res"] = 224
+    cache.write_text(json.dumps(data))
+    rows = collect_rows(["p1"], runs_dir=runs["dir"])
+    assert rows[1]["notes"]["macs_g"] == "profiled at 224 px, the baseline at 64 px"
+    assert "params" not in rows[1]["notes"] and "macs_g" not in rows[2]["notes"]
