@@ -105,3 +105,117 @@ def test_format_results_table_layout():
     assert rows[0][:5] == ["dataset", "n", "MPJPE (mm)", "PA-MPJPE (mm)", "PVE (mm)"]
     assert rows[1][:5] == ["3dpw", "3", "91.23", "55.00", "110.00"] and rows[1][5] == "-"
     assert rows[2][:3] == ["lsp", "2", "-"] and rows[2][-1] == "0.6000"
+
+
+# ----------------------------------------------------------------------------------------------- the suite
+
+
+class GroundTruthModel(torch.nn.Module):
+    """A "model" that returns each sample's GT SMPL parameters and camera (the synthetic root stores them).
+
+    The loader runs in order without shuffling, so a cursor tells which samples a batch holds. Gendered GT
+    bodies (3DPW) are the neutral body with shifted betas in the synthetic body model, so the neutral model
+    that evaluation uses for predictions reproduces them exactly.
+    """
+
+    def __init__(self, root, key):
+        super().__init__()
+        from compress.constants import EVAL_DATASETS
+        from compress.data.body import GENDER_BETAS
+
+        d = np.load(root / "dataset_extras" / f"{EVAL_DATASETS[key]}.npz")
+        betas = d["shape"].astype(np.float32)
+        if "gender" in d:
+            shift = [GENDER_BETAS["male" if g == "m" else "female"] for g in d["gender"]]
+            betas = betas + np.stack(shift).astype(np.float32)
+        self.pose = torch.tensor(d["pose"], dtype=torch.float32)
+        self.betas = torch.tensor(betas)
+        self.cam = torch.tensor(d["cam"], dtype=torch.float32)
+        self.cursor = 0
+        self.weight = torch.nn.Parameter(torch.zeros(()))  # so evaluate() can find a device
+
+    def forward(self, img):
+        from compress.geometry import batch_rodrigues
+
+        i, b = self.cursor, img.shape[0]
+        self.cursor += b
+        rotmat = batch_rodrigues(self.pose[i:i + b].reshape(-1, 3)).reshape(b, 24, 3, 3)
+        return {"rotmat": rotmat, "betas": self.betas[i:i + b], "cam": self.cam[i:i + b]}
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from compress.data.synthetic import generate_root
+
+    torch.set_num_threads(1)
+    return generate_root(tmp_path_factory.mktemp("synth") / "root", size="small")
+
+
+def _evaluate_ground_truth(root, keys, **kw):
+    from compress.eval.protocols import evaluate
+
+    results = {}
+    for key in keys:
+        results.update(evaluate(GroundTruthModel(root, key), root, datasets=[key], img_res=64, **kw))
+    return results
+
+
+def test_ground_truth_model_scores_near_perfect(synth_root, tmp_path):
+    import json
+
+    from compress.constants import EVAL_DATASETS
+
+    calls = []
+    res = _evaluate_ground_truth(synth_root, list(EVAL_DATASETS), batch_size=3, save_dir=tmp_path / "out",
+                                 progress=lambda k, d, t: calls.append((k, d, t)))
+    assert list(res) == list(EVAL_DATASETS)
+    for key in ("3dpw", "mpi-inf-3dhp", "h36m-p1", "h36m-p2"):
+        r = res[key]
+        assert r["n"] >= 2
+        assert r["mpjpe_mm"] < 0.01 and r["pa_mpjpe_mm"] < 0.01, (key, r)
+        assert r["pve_mm"] < 0.01, (key, r)  # the synthetic eval files all carry GT SMPL
+    lsp = res["lsp"]
+    assert lsp["n"] == 4
+    assert lsp["fb_acc"] > 98.5 and lsp["fb_f1"] > 0.95, lsp
+    assert lsp["parts_acc"] > 98.0 and lsp["parts_f1"] > 0.88, lsp
+    # progress reaches the end of every dataset
+    last = {k: (d, t) for k, d, t in calls}
+    assert all(d == t == res[k]["n"] for k, (d, t) in last.items()) and set(last) == set(EVAL_DATASETS)
+    # per-sample files and the summary
+    per = np.load(tmp_path / "out" / "h36m-p1.npz")
+    assert per["mpjpe_mm"].shape == (8,) and per["pose"].shape == (8, 72) and per["pred_joints"].shape == (8, 17, 3)
+    np.testing.assert_allclose(per["mpjpe_mm"].mean(), res["h36m-p1"]["mpjpe_mm"], rtol=1e-5)
+    assert np.load(tmp_path / "out" / "lsp.npz")["fb_acc"].shape == (4,)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["lsp"]["parts_f1"] == pytest.approx(lsp["parts_f1"])
+
+
+def test_untrained_model_is_clearly_worse_and_batching_does_not_matter(synth_root):
+    from compress.eval.protocols import evaluate
+    from compress.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("hmr_tiny", img_res=64)
+    model.train()
+    res = evaluate(model, synth_root, img_res=64, batch_size=4)
+    assert model.training  # the caller's mode is restored
+    for key in ("3dpw", "mpi-inf-3dhp", "h36m-p1", "h36m-p2"):
+        assert res[key]["mpjpe_mm"] > 50 and res[key]["pa_mpjpe_mm"] > 30 and res[key]["pve_mm"] > 50, res[key]
+    assert res["lsp"]["fb_f1"] < 0.85 and res["lsp"]["parts_f1"] < 0.6, res["lsp"]
+    again = evaluate(model, synth_root, datasets=["h36m-p1", "lsp"], img_res=64, batch_size=3)
+    for key in again:
+        for metric, value in again[key].items():
+            assert value == pytest.approx(res[key][metric], rel=1e-4, abs=1e-4), (key, metric)
+
+
+def test_missing_dataset_files_are_skipped_unless_strict(tmp_path, caplog):
+    from compress.eval.protocols import evaluate
+
+    model = torch.nn.Linear(1, 1)
+    with caplog.at_level("WARNING"):
+        assert evaluate(model, tmp_path, datasets=["3dpw", "lsp"], img_res=64) == {}
+    assert "3dpw_test.npz" in caplog.text and "lsp_dataset_test.npz" in caplog.text
+    with pytest.raises(UserError, match="3dpw_test.npz"):
+        evaluate(model, tmp_path, datasets=["3dpw"], img_res=64, strict=True)
+    with pytest.raises(UserError, match="unknown evaluation dataset"):
+        evaluate(model, tmp_path, datasets=["h36m"], img_res=64)
