@@ -219,3 +219,18 @@ def test_missing_dataset_files_are_skipped_unless_strict(tmp_path, caplog):
         evaluate(model, tmp_path, datasets=["3dpw"], img_res=64, strict=True)
     with pytest.raises(UserError, match="unknown evaluation dataset"):
         evaluate(model, tmp_path, datasets=["h36m"], img_res=64)
+
+
+def test_evaluate_checkpoint_as_the_cli_calls_it(synth_root, tmp_path):
+    from compress.checkpoint import save_checkpoint
+    from compress.eval.protocols import evaluate, evaluate_checkpoint
+    from compress.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model("hmr_tiny", img_res=64).eval()
+    path = save_checkpoint(model, tmp_path / "tiny.pt")
+    res = evaluate_checkpoint(path, root=synth_root, datasets=["h36m-p2", "lsp"], strict=True, subset=2,
+                              batch_size=2, img_res=None, name=None, save_dir=tmp_path / "out", progress=None)
+    assert [res[k]["n"] for k in res] == [2, 2]
+    direct = evaluate(model, synth_root, datasets=["h36m-p2"], img_res=64, subset=2)
+    assert res["h36m-p2"]["mpjpe_mm"] == pytest.approx(direct["h36m-p2"]["mpjpe_mm"], rel=1e-5)
