@@ -330,6 +330,7 @@ def collect_rows(
         for row in group:
             row["baseline"] = str(root)
             row["delta"] = {} if row is base_row else compute_delta(row, base_row)
+            row["ratio"] = compute_ratios(row, base_row)
             _note_sample_mismatch(row, base_row)
             _note_resolution_mismatch(row, base_row)
     return rows
@@ -598,6 +599,45 @@ def _delta_of(value: Any, base: Any, key: str) -> dict | None:
     return {"abs": diff, "pct": pct, "better": better}
 
 
+RATIOS = {  # name -> (path in the row, title, column key): baseline / row, so above 1 means smaller or faster
+    "params": (("params_total",), "params ÷", "params"),
+    "macs": (("macs",), "MACs ÷", "macs_g"),
+    "latency_b1": (("latency_ms",), "speed-up b1", "latency_ms"),
+    "latency_b32": (("latency_b32_ms",), "speed-up b32", "latency_b32_ms"),
+    "onnx_latency_b1": (("onnx_latency_ms",), "ORT speed-up b1", "onnx_latency_ms"),
+    "infer_mem": (("peak_mem_mb", "infer"), "infer mem ÷", "infer_mem_mb"),
+    "train_mem": (("peak_mem_mb", "train"), "train mem ÷", "train_mem_mb"),
+}
+
+
+def compute_ratios(row: dict, base: dict) -> dict[str, float]:
+    """Baseline / row for the cost columns: how many times smaller or faster (MACs ÷ is the speed-up MACs predict)."""
+    out = {}
+    for name, (path, _, _) in RATIOS.items():
+        v, v0 = _get(row, path), _get(base, path)
+        if _is_number(v) and _is_number(v0) and v > 0:
+            out[name] = v0 / v
+    return out
+
+
+def _ratio_table(rows: list[dict], notes: _Footnotes) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the speed-up table: measured speed-ups next to the reduction MACs predict.
+    A ratio inherits the footnote of a noisy timing in its row or in the baseline's."""
+    names = [n for n in RATIOS if any(n in r.get("ratio", {}) for r in rows if r.get("delta"))]
+    base = {r["checkpoint"]: r for r in rows if not r.get("delta")}
+
+    def cell(r: dict, n: str) -> str:
+        if n not in r["ratio"]:
+            return DASH
+        key = RATIOS[n][2]
+        reasons = [x.get("notes", {}).get(key, "") for x in (r, base.get(r.get("baseline"), {}))]
+        noisy = next((why for why in reasons if why.startswith("noisy")), "")
+        return f"{r['ratio'][n]:.2f}x" + (notes.mark(noisy) if noisy else "")
+
+    body = [[r["stage"], r["run"]] + [cell(r, n) for n in names] for r in rows if r.get("delta") and r.get("ratio")]
+    return ["stage", "run"] + [RATIOS[n][1] for n in names], body
+
+
 def _note_sample_mismatch(row: dict, base: dict) -> None:
     for ds, vals in row["metrics"].items():
         n, n0 = vals.get("n"), _get(base, ("metrics", ds, "n"))
@@ -763,6 +803,14 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
                 out.append(text)
             table.add_row(r["stage"] + row_marks[i], r["run"], *out)
         console.print(table)
+    head, body = _ratio_table(rows, notes)
+    if body:
+        table = Table(title="speed-up and size vs the baseline (baseline / row; above 1 is smaller or faster)")
+        for i, h in enumerate(head):
+            table.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
+        for line in body:
+            table.add_row(*line)
+        console.print(table)
     for line in _footer(rows, notes):
         console.print(Text(line))
     return buf.getvalue()
@@ -826,6 +874,12 @@ def render_markdown(rows: list[dict]) -> str:
                 text += f"<br>{cell.delta}{arrow}"
             parts.append(text)
         lines.append(f"| {r['stage']}{mark} | {r['run']} | " + " | ".join(parts) + " |")
+    head, body = _ratio_table(rows, notes)
+    if body:
+        lines += ["", "Speed-up and size against the baseline (baseline / row; above 1 is smaller or faster; "
+                  "MACs ÷ is the speed-up the MACs predict):", "",
+                  "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+        lines += ["| " + " | ".join(line) + " |" for line in body]
     lines.append("")
     lines += [f"- {line}" for line in _footer(rows, notes)]
     lines.append("- ▲ better than the baseline, ▼ worse")

@@ -372,3 +372,13 @@ def test_a_different_profiling_resolution_is_footnoted(runs):
     rows = collect_rows(["p1"], runs_dir=runs["dir"])
     assert rows[1]["notes"]["macs_g"] == "profiled at 224 px, the baseline at 64 px"
     assert "params" not in rows[1]["notes"] and "macs_g" not in rows[2]["notes"]
+
+
+def test_speedups_next_to_the_macs_reduction(runs):
+    rows = collect_rows(runs_dir=runs["dir"])
+    assert rows[0]["ratio"] == {k: 1.0 for k in rows[0]["ratio"]} and rows[0]["ratio"]
+    p2 = rows[3]["ratio"]
+    assert p2["macs"] == 2.0 and p2["params"] == pytest.approx(1000 / 600)
+    assert p2["latency_b1"] == pytest.approx(10.0 / 6.0) and p2["latency_b32"] == pytest.approx(200.0 / 120.0)
+    md = render_markdown(rows)
+    assert "| P2 | p2 | 1.67x | 2.00x | 1.67x | 1.67x | 1.60x | 1.00x |" in md
