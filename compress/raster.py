@@ -114,9 +114,8 @@ def rasterize(
             for s in range(0, rows.numel(), step):
                 _raster_grid(zbuf, rows[s:s + step], kx, ky, coef, lo, ext, batch_of_row, height, width,
                              perspective_correct)
-    size = ext.amax(dim=1)
-    prev = sizes[-1]
-    big = (size > prev).nonzero().squeeze(1)
+    # Larger faces (close-ups, big quads): ragged expansion of their boxes, in chunks of ~chunk_size pixels.
+    big = (ext.amax(dim=1) > sizes[-1]).nonzero().squeeze(1)
     if big.numel():
         counts = ext[big, 0] * ext[big, 1]
         ends = counts.cumsum(0)
