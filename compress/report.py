@@ -47,10 +47,6 @@ class Column:
     digits: int = 1
     csv_scale: float | None = None  # row value * csv_scale = CSV value (default: scale)
 
-    @property
-    def higher_is_better(self) -> bool:
-        return self.path[-1] in HIGHER_IS_BETTER
-
 
 def _metric_columns() -> list[Column]:
     cols = []
@@ -116,9 +112,13 @@ def read_meta(path: str | Path) -> dict:
 
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused, truncated file, ...: one line for the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read checkpoint {path}: {first}") from exc
     if not isinstance(ckpt, dict):
         return {"format": "unknown"}
     if "format_version" not in ckpt:

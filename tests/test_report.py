@@ -382,3 +382,13 @@ def test_speedups_next_to_the_macs_reduction(runs):
     assert p2["latency_b1"] == pytest.approx(10.0 / 6.0) and p2["latency_b32"] == pytest.approx(200.0 / 120.0)
     md = render_markdown(rows)
     assert "| P2 | p2 | 1.67x | 2.00x | 1.67x | 1.67x | 1.60x | 1.00x |" in md
+
+
+def test_an_unreadable_checkpoint_is_one_clear_error(tmp_path):
+    from compress.errors import UserError
+
+    bad = tmp_path / "runs" / "p1" / "pruned.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint .*pruned.pt"):
+        collect_rows(runs_dir=tmp_path / "runs")
