@@ -114,7 +114,7 @@ def test_empty_when_behind_or_outside():
     assert (frags.face_index == -1).all() and (frags.depth == 0).all()
 
 
-@pytest.mark.parametrize("chunk_size", [64, 1 << 20])
+@pytest.mark.parametrize("chunk_size", [4096, 1 << 20])
 def test_matches_brute_force_reference_with_small_and_large_faces(chunk_size):
     g = torch.Generator().manual_seed(2)
     b, h, w = 3, 40, 48
