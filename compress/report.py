@@ -623,8 +623,9 @@ def compute_ratios(row: dict, base: dict) -> dict[str, float]:
 def _ratio_table(rows: list[dict], notes: _Footnotes) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the speed-up table: measured speed-ups next to the reduction MACs predict.
     A ratio inherits the footnote of a noisy timing in its row or in the baseline's."""
-    names = [n for n in RATIOS if any(n in r.get("ratio", {}) for r in rows if r.get("delta"))]
-    base = {r["checkpoint"]: r for r in rows if not r.get("delta")}
+    others = [r for r in rows if r["checkpoint"] != r.get("baseline") and r.get("ratio")]
+    names = [n for n in RATIOS if any(n in r["ratio"] for r in others)]
+    base = {r["checkpoint"]: r for r in rows if r["checkpoint"] == r.get("baseline")}
 
     def cell(r: dict, n: str) -> str:
         if n not in r["ratio"]:
@@ -634,7 +635,7 @@ def _ratio_table(rows: list[dict], notes: _Footnotes) -> tuple[list[str], list[l
         noisy = next((why for why in reasons if why.startswith("noisy")), "")
         return f"{r['ratio'][n]:.2f}x" + (notes.mark(noisy) if noisy else "")
 
-    body = [[r["stage"], r["run"]] + [cell(r, n) for n in names] for r in rows if r.get("delta") and r.get("ratio")]
+    body = [[r["stage"], r["run"]] + [cell(r, n) for n in names] for r in others]
     return ["stage", "run"] + [RATIOS[n][1] for n in names], body
 
 
@@ -801,7 +802,7 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
                     style = "" if cell.better is None else ("green" if cell.better else "red")
                     text.append("\n" + cell.delta, style=style)
                 out.append(text)
-            table.add_row(r["stage"] + row_marks[i], r["run"], *out)
+            table.add_row(Text(r["stage"] + row_marks[i]), Text(r["run"]), *out)  # Text: no markup in names
         console.print(table)
     head, body = _ratio_table(rows, notes)
     if body:
@@ -809,7 +810,7 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
         for i, h in enumerate(head):
             table.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
         for line in body:
-            table.add_row(*line)
+            table.add_row(*(Text(x) for x in line))
         console.print(table)
     for line in _footer(rows, notes):
         console.print(Text(line))
