@@ -290,6 +290,10 @@ def collect_rows(
     baseline: the reference checkpoint (or run dir) for deltas; default the root of each chain of parents.
     interleave: time all rows of a chain again, in alternation, instead of using each checkpoint's cached latency.
     """
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA on this machine; profile on the CPU with --device cpu")
     runs_dir = Path(runs_dir)
     targets = [_resolve_run(r, runs_dir) for r in runs] if runs else discover_runs(runs_dir)
     if not targets:

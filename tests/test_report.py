@@ -276,6 +276,9 @@ def test_no_runs_is_a_user_error(tmp_path):
         collect_rows(runs_dir=tmp_path / "runs")
     with pytest.raises(UserError, match="unknown report format"):
         run_report(fmt="xml", runs_dir=tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA"):
+            collect_rows(runs_dir=tmp_path, device="cuda")
 
 
 def test_real_checkpoints_profiled_once_then_read_from_the_cache(tmp_path, monkeypatch):
