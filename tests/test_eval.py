@@ -102,7 +102,7 @@ def test_format_results_table_layout():
 
     rows = format_results_table({"3dpw": {"n": 3, "mpjpe_mm": 91.234, "pa_mpjpe_mm": 55.0, "pve_mm": 110.0},
                                  "lsp": {"n": 2, "fb_acc": 91.5, "fb_f1": 0.88, "parts_acc": 89.1, "parts_f1": 0.6}})
-    assert rows[0][:5] == ["dataset", "n", "MPJPE (mm)", "PA-MPJPE (mm)", "PVE (mm)"]
+    assert rows[0][:5] == ["dataset", "n", "MPJPE mm", "PA-MPJPE mm", "PVE mm"]
     assert rows[1][:5] == ["3dpw", "3", "91.23", "55.00", "110.00"] and rows[1][5] == "-"
     assert rows[2][:3] == ["lsp", "2", "-"] and rows[2][-1] == "0.6000"
 

@@ -66,7 +66,9 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Run the suite on `model` (image -> {"rotmat", "betas", "cam", ...}) -> {dataset_key: {metric: value}}.
 
-    Missing dataset files are skipped with a warning, or raise UserError when `strict`. `smpl_dir` defaults
+    The model must already be on `device` (default: the device of its parameters); it runs in eval mode and
+    its training mode is restored afterwards. Missing dataset files are skipped with a warning, or raise
+    UserError when `strict`. `smpl_dir` defaults
     to the data root (SMPL files under <root>/smpl, regressors at the root). `progress(key, done, total)` is
     called after every batch. With `save_dir`, per-sample results go to `<save_dir>/<key>.npz` and the
     summary to `<save_dir>/summary.json`. `cache` reads crops from the HDF5 cache (compress.data.cache).
@@ -134,8 +136,7 @@ def evaluate_checkpoint(
 
 def format_results_table(results: Mapping[str, Mapping[str, float]]) -> list[list[str]]:
     """Rows for a table in the study's layout: a header row, then one row per dataset ('-' where n/a)."""
-    head = ["dataset", "n", "MPJPE (mm)", "PA-MPJPE (mm)", "PVE (mm)", "FB acc (%)", "FB F1", "parts acc (%)",
-            "parts F1"]
+    head = ["dataset", "n", "MPJPE mm", "PA-MPJPE mm", "PVE mm", "FB acc %", "FB F1", "parts acc %", "parts F1"]
     keys = [*METRIC_KEYS_3D, *METRIC_KEYS_LSP]
     digits = {"fb_f1": 4, "parts_f1": 4}
     rows = [head]
