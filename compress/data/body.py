@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 NUM_V = constants.NUM_VERTICES
 PARENTS = np.array(constants.SMPL_PARENTS)
 LSP_PART_NAMES = {1: "head", 2: "torso", 3: "left arm", 4: "right arm", 5: "left leg", 6: "right leg"}
-PART_LABELS_FILE = "lsp_vertex_parts.npy"  # (6890,) int64 labels 1..6, next to the regressors in the data root
+PART_LABELS_FILE = "vertex_parts.npy"  # (6890,) int64 labels 1..6 in <root>/smpl/ (read by compress.eval.render)
 MEAN_PARAMS_FILE = "smpl_mean_params.npz"
 
 # Generator parameters and how far one unit of each beta moves them.
@@ -107,6 +107,7 @@ class Tube:
     joints: tuple[int, ...]
     knot_joint: tuple[int, ...]
     part: int | tuple[int, ...]  # LSP label, or one per interval
+    phase: float = 0.0  # ring angle offset in steps (0.5 puts a vertex on the front line when segs % 4 == 2)
 
 
 def _tubes(p: BodyShape) -> list[Tube]:
@@ -131,7 +132,7 @@ def _tubes(p: BodyShape) -> list[Tube]:
                   h + (0, 0.185 * hs, -0.01)]
     head_r = np.array([(0, 0), (0.062, 0.072), (0.08, 0.098), (0.078, 0.095), (0, 0)]) * hs
     tubes.append(Tube("head", np.array(head_knots), head_r, rings=(5, 8, 8, 5), segs=26, front=(0, 0, 1),
-                      joints=(12, 15, 15, 15), knot_joint=(-1, 15, -1, -1, -1), part=1))
+                      joints=(12, 15, 15, 15), knot_joint=(-1, 15, -1, -1, -1), part=1, phase=0.5))
     for side, name, (hip, knee, ankle, foot, collar, shoulder, elbow, wrist, hand), arm_part, leg_part in (
         (1, "left", (1, 4, 7, 10, 13, 16, 18, 20, 22), 3, 5), (-1, "right", (2, 5, 8, 11, 14, 17, 19, 21, 23), 4, 6)
     ):
@@ -200,7 +201,7 @@ def _sweep(t: Tube) -> _TubeMesh:
     params = _ring_params(t)
     n_last = len(t.rings) - 1
     verts, centers, arcs, ivals, phis = [k[0][None]], [k[0][None]], [0.0], [0.0], [np.nan]
-    phi = 2 * np.pi * np.arange(t.segs) / t.segs
+    phi = 2 * np.pi * (np.arange(t.segs) + t.phase) / t.segs
     ring_of_knot = {}
     for r, (i, u) in enumerate(params):
         c = k[i] + u * seg[i]
@@ -315,6 +316,7 @@ class _Topology:
     weights: np.ndarray  # (6890, 24)
     labels: np.ndarray  # (6890,) LSP parts
     skin_part: np.ndarray  # (6890,) argmax skinning joint (image colours)
+    front: np.ndarray  # (6890,) bool, outward direction has a forward component at rest
     j_regressor: sp.csc_matrix  # (24, 6890)
     j_extra: np.ndarray  # (9, 6890)
     j_h36m: np.ndarray  # (17, 6890)
@@ -417,6 +419,7 @@ def _build_topology(p0: BodyShape) -> _Topology:
         weights=weights[perm],
         labels=labels[perm],
         skin_part=weights[perm].argmax(1),
+        front=(normals[:, 2] > 0.25)[perm],
         j_regressor=sp.csc_matrix(jreg[:, perm]),
         j_extra=extra[:, perm],
         j_h36m=h36m[:, perm],
@@ -492,6 +495,7 @@ class BodyModel:
     j_regressor_h36m: np.ndarray  # (17, 6890)
     part_labels: np.ndarray  # (6890,) LSP labels 1..6
     skin_part: np.ndarray  # (6890,) argmax skinning joint 0..23 (for per-part image colours)
+    front: np.ndarray  # (6890,) bool: the vertex faces forward (+z) at rest (face vs hair, chest vs back)
 
 
 def _vertices(p: BodyShape, perm: np.ndarray) -> np.ndarray:
@@ -504,20 +508,30 @@ def _shape_at(betas: np.ndarray) -> BodyShape:
                             for name, b, step in zip(SHAPE_NAMES, betas, BETA_STEPS)})
 
 
-_CACHE: dict[str, BodyModel] = {}
+_CACHE: dict = {}
+
+
+def _neutral_basis() -> tuple[_Topology, np.ndarray, np.ndarray]:
+    """Topology, neutral template (6890, 3) and shapedirs (6890, 3, 10), computed once per process."""
+    if "basis" not in _CACHE:
+        topo = _build_topology(BodyShape())
+        v0 = _vertices(BodyShape(), topo.perm)
+        shapedirs = np.zeros((NUM_V, 3, 10))
+        for k in range(10):
+            e = np.zeros(10)
+            e[k] = 1.0
+            shapedirs[:, :, k] = (_vertices(_shape_at(e), topo.perm) - _vertices(_shape_at(-e), topo.perm)) / 2
+        _CACHE["basis"] = (topo, v0, shapedirs)
+    return _CACHE["basis"]
 
 
 def build_body(gender: str = "neutral") -> BodyModel:
     """The procedural body of `gender` (neutral, male, female) in SMPL's layout. Deterministic; cached."""
+    if gender not in GENDER_BETAS:
+        raise ValueError(f"unknown gender {gender!r}; choose one of {', '.join(GENDER_BETAS)}")
     if gender in _CACHE:
         return _CACHE[gender]
-    topo = _build_topology(BodyShape())
-    v0 = _vertices(BodyShape(), topo.perm)
-    shapedirs = np.zeros((NUM_V, 3, 10))
-    for k in range(10):
-        e = np.zeros(10)
-        e[k] = 1.0
-        shapedirs[:, :, k] = (_vertices(_shape_at(e), topo.perm) - _vertices(_shape_at(-e), topo.perm)) / 2
+    topo, v0, shapedirs = _neutral_basis()
     v_template = v0 + shapedirs @ GENDER_BETAS[gender]
     j = topo.j_regressor @ v_template
     kintree = np.stack([np.array([4294967295] + constants.SMPL_PARENTS[1:], dtype=np.int64), np.arange(24)])
@@ -533,7 +547,7 @@ def build_body(gender: str = "neutral") -> BodyModel:
         "bs_type": "lrotmin",
         "bs_style": "lbs",
     }
-    body = BodyModel(smpl, topo.j_extra, topo.j_h36m, topo.labels, topo.skin_part)
+    body = BodyModel(smpl, topo.j_extra, topo.j_h36m, topo.labels, topo.skin_part, topo.front)
     _CACHE[gender] = body
     return body
 
@@ -564,5 +578,5 @@ def write_body_files(root: str | Path) -> None:
     body = build_body("neutral")
     np.save(root / "J_regressor_extra.npy", body.j_regressor_extra.astype(np.float64))
     np.save(root / "J_regressor_h36m.npy", np.asfortranarray(body.j_regressor_h36m.astype(np.float64)))
-    np.save(root / PART_LABELS_FILE, body.part_labels.astype(np.int64))
+    np.save(root / "smpl" / PART_LABELS_FILE, body.part_labels.astype(np.int64))
     np.savez(root / MEAN_PARAMS_FILE, **mean_params())

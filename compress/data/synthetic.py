@@ -1,0 +1,609 @@
+"""`compress data synth`: a complete SPIN-layout data root from the procedural body model, no licensed file needed.
+
+Every sample: sampled shape (betas), a body pose inside per-joint angle limits, a global orientation, a crop
+box and an image of the posed mesh (per-part colours, Lambert shading) over a random textured background.
+
+Camera (exactly SPIN's, spin_protocol.md section 3, so ground truth and evaluation agree): for a sample with
+box side `h = 200*scale` px centred at `center`, the image is a pinhole projection with focal `5000*h/224` px and
+principal point `center`, of the mesh translated by `[tx, ty, 2*5000/(224*s)]`. Cropping the box to 224 px
+therefore gives exactly the image SPIN's weak-perspective camera (s, tx, ty) renders (stored as the extra npz
+key `cam` on the evaluation files). With s ~ 1 the camera is ~45 m away: nearly orthographic, as SPIN assumes.
+The box is 1.2x the extent of the 2D joints (SPIN's preprocessing rule), jittered.
+
+Coordinates: continuous pixels, pixel (row i, col j) covers [j, j+1) x [i, i+1) (compress.raster and
+compress.data.crop); `part`/`openpose`/`center` are in these coordinates.
+
+Ground truth: `S` = the body's 24 SPIN joints in the camera frame of the image, centred at the Pelvis (MPII)
+joint (= H36M regressor row 0), validity 1 on the 17 joints of J24_TO_J17; `pose` has the global orientation in
+the camera frame. 3DPW samples are rendered with the gendered models, everything else with the neutral model.
+Evaluation files also carry the GT `pose`, `shape` and `cam` (extra keys) so a ground-truth "model" can be
+evaluated. `static_fits/<dataset>_fits.npy` (N, 82) hold the exact pose+betas of the training sets (SPIN's
+static-fits layout), for trainers that use fits where `has_smpl` is 0.
+
+LSP test: `upi-s1h/data/lsp/imXXXX_segmentation.png` (0 background, 255 body) and
+`..._part_segmentation.png` (0 background, 1..6 = compress.data.body.LSP_PART_NAMES, 255 = ignore on part
+borders), at the image's size.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from compress import constants as C
+from compress.data import body as body_mod
+from compress.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "synthetic.json"
+H36M_CAMERAS = ("54138969", "55011271", "58860488", "60457274")  # P2 uses the last one, as SPIN
+J17_SET = sorted(set(C.J24_TO_J17))
+LSP_SET = list(range(14))
+MPII_SET = list(range(16))
+COCO_SET = list(range(12)) + [19, 20, 21, 22, 23]
+
+# Counts per npz for each size. h36m eval counts are frames; P1 has four views of each, P2 the last view.
+SIZES = {
+    "small": {"3dpw_test": 4, "h36m_valid": 2, "mpi_inf_3dhp_valid": 4, "lsp_dataset_test": 4, "h36m_train": 6,
+              "lsp_dataset_original_train": 4, "mpii_train": 4, "hr-lspet_train": 4, "coco_2014_train": 4,
+              "mpi_inf_3dhp_train": 4},
+    "default": {"3dpw_test": 150, "h36m_valid": 36, "mpi_inf_3dhp_valid": 150, "lsp_dataset_test": 150,
+                "h36m_train": 700, "lsp_dataset_original_train": 250, "mpii_train": 450, "hr-lspet_train": 250,
+                "coco_2014_train": 450, "mpi_inf_3dhp_train": 300},
+}
+BATCH = 32
+
+
+# ----------------------------------------------------------------------------------------------- poses
+
+
+def _rot(axis: int, angle: np.ndarray) -> np.ndarray:
+    """Rotation matrices (N, 3, 3) about a coordinate axis."""
+    c, s = np.cos(angle), np.sin(angle)
+    r = np.zeros(angle.shape + (3, 3))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    r[..., axis, axis] = 1
+    r[..., i, i], r[..., j, j], r[..., i, j], r[..., j, i] = c, c, -s, s
+    return r
+
+
+def _aa(rotmat: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) -> axis-angle (N, 3), numerically safe away from pi (our limits stay below ~2.6 rad)."""
+    from compress.geometry import rotmat_to_axis_angle
+
+    return rotmat_to_axis_angle(torch.from_numpy(rotmat)).numpy()
+
+
+# Per joint, per axis (x, y, z of the parent frame at rest: x = subject's left, y up, z forward):
+# (mean, sd, lo, hi) in radians. Hip/knee/spine flexion are about x; arm raise about z; elbow about y.
+_L, _R = 1, -1
+
+
+def _limits() -> dict[int, list[tuple[float, float, float, float]]]:
+    z = (0.0, 0.05, -0.1, 0.1)
+    lim = {j: [z, z, z] for j in range(1, 24)}
+    for hip, s in ((1, _L), (2, _R)):
+        lim[hip] = [(-0.25, 0.45, -1.8, 0.45), (0.0, 0.2, -0.5, 0.5), (0.08 * s, 0.15, *sorted((-0.25 * s, 0.8 * s)))]
+    for knee in (4, 5):
+        lim[knee] = [(0.35, 0.45, 0.0, 2.3), (0.0, 0.03, -0.05, 0.05), (0.0, 0.03, -0.05, 0.05)]
+    for ankle in (7, 8):
+        lim[ankle] = [(0.0, 0.2, -0.5, 0.6), (0.0, 0.1, -0.3, 0.3), (0.0, 0.1, -0.25, 0.25)]
+    for spine in (3, 6, 9):
+        lim[spine] = [(0.06, 0.12, -0.25, 0.45), (0.0, 0.1, -0.3, 0.3), (0.0, 0.07, -0.2, 0.2)]
+    lim[12] = [(0.05, 0.15, -0.4, 0.5), (0.0, 0.2, -0.6, 0.6), (0.0, 0.1, -0.3, 0.3)]
+    lim[15] = [(0.0, 0.12, -0.3, 0.4), (0.0, 0.15, -0.5, 0.5), (0.0, 0.08, -0.25, 0.25)]
+    for collar, s in ((13, _L), (14, _R)):
+        lim[collar] = [(0.0, 0.05, -0.15, 0.15), (0.0, 0.08, -0.25, 0.25), (0.0, 0.08, -0.2, 0.3) if s > 0 else
+                       (0.0, 0.08, -0.3, 0.2)]
+    for sh, s in ((16, _L), (17, _R)):
+        # z: left arm up is +z (right: -z); y: left arm forward is -y (right: +y)
+        lim[sh] = [(0.0, 0.4, -1.0, 1.0), (-0.3 * s, 0.6, *sorted((-1.5 * s, 0.6 * s))),
+                   (-0.9 * s, 0.6, *sorted((-1.4 * s, 1.3 * s)))]
+    for el, s in ((18, _L), (19, _R)):
+        lim[el] = [(0.0, 0.3, -0.7, 0.7), (-0.6 * s, 0.6, *sorted((-2.4 * s, 0.0))), (0.0, 0.04, -0.08, 0.08)]
+    for wr in (20, 21):
+        lim[wr] = [(0.0, 0.2, -0.5, 0.5), (0.0, 0.2, -0.5, 0.5), (0.0, 0.3, -0.8, 0.8)]
+    return lim
+
+
+_LIMITS = _limits()
+
+
+def sample_body_pose(rng: np.random.Generator, n: int, *, spread: float = 1.0) -> np.ndarray:
+    """Body rotations (n, 23, 3, 3) for joints 1..23 within per-joint angle limits (elbows/knees bend one way).
+
+    `spread` scales the spread around each joint's mean (H36M-like sets are calmer than in-the-wild ones).
+    """
+    out = np.zeros((n, 23, 3, 3))
+    for j in range(1, 24):
+        r = np.broadcast_to(np.eye(3), (n, 3, 3))
+        for axis, (mean, sd, lo, hi) in zip((2, 1, 0), reversed(_LIMITS[j])):  # R = Rx Ry Rz
+            ang = np.clip(mean + spread * sd * rng.standard_normal(n), lo, hi)
+            r = _rot(axis, ang) @ r
+        out[:, j - 1] = r
+    return out
+
+
+def sample_global_orient(rng: np.random.Generator, n: int, *, yaw_sd: float | None) -> np.ndarray:
+    """Camera-frame orientations (n, 3, 3): 180 deg about x (SPIN: y down, the body faces the camera), a yaw
+    (uniform when yaw_sd is None) and small pitch/roll."""
+    yaw = rng.uniform(-np.pi, np.pi, n) if yaw_sd is None else yaw_sd * rng.standard_normal(n)
+    pitch = np.clip(0.12 * rng.standard_normal(n), -0.35, 0.35)
+    roll = np.clip(0.08 * rng.standard_normal(n), -0.25, 0.25)
+    flip = np.diag([1.0, -1.0, -1.0])
+    return flip @ _rot(1, yaw) @ _rot(0, pitch) @ _rot(2, roll)
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+# Image colours per skinning joint: the left side warm, the right side cool, so left/right is visible.
+_PALETTE = np.array([
+    (95, 70, 165), (205, 40, 120), (35, 145, 70), (75, 125, 185), (240, 120, 185), (110, 215, 95),
+    (65, 150, 205), (150, 25, 70), (25, 85, 45), (85, 180, 220), (255, 175, 205), (185, 250, 155),
+    (225, 195, 160), (200, 90, 80), (85, 195, 95), (230, 200, 165), (230, 65, 45), (45, 95, 230),
+    (250, 150, 35), (45, 200, 230), (250, 215, 70), (120, 235, 200), (250, 235, 130), (175, 245, 225),
+], dtype=np.float32) / 255.0
+_HAIR = np.array((60, 40, 30), np.float32) / 255.0
+_BACK_DARKEN = 0.7  # torso back is darker than its front: the body's facing direction is visible
+
+
+class _Renderer:
+    """Renders posed meshes of one topology with per-face colours and Lambert shading."""
+
+    def __init__(self, faces: np.ndarray, body: body_mod.BodyModel):
+        from compress.raster import rasterize
+
+        self._rasterize = rasterize
+        self.faces = torch.as_tensor(faces.astype(np.int64))
+        fv = faces.astype(np.int64)
+        part = body.skin_part[fv]  # (F, 3)
+        major = np.where(part[:, 1] == part[:, 2], part[:, 1], part[:, 0])
+        colour = _PALETTE[major].copy()
+        front = body.front[fv].sum(1) >= 2
+        head = np.isin(major, (15,))
+        colour[head & ~front] = _HAIR
+        torso = np.isin(major, (0, 3, 6, 9))
+        colour[torso & ~front] *= _BACK_DARKEN
+        self.face_colour = torch.from_numpy(colour)  # (F, 3)
+        lab = body.part_labels[fv]
+        self.face_part = torch.from_numpy(np.where(lab[:, 1] == lab[:, 2], lab[:, 1], lab[:, 0]))  # (F,)
+
+    def render(self, pix: torch.Tensor, cam_verts: torch.Tensor, size: int, light: torch.Tensor):
+        """pix (B, V, 3) pixel x, y and depth, cam_verts (B, V, 3) camera-frame metres (for normals)
+        -> colour (B, H, W, 3) in [0, 1], mask, part labels, face ids."""
+        frags = self._rasterize(pix, self.faces, size, size)
+        fi = frags.face_index  # (B, H, W)
+        mask = fi >= 0
+        vn = _vertex_normals(cam_verts, self.faces)  # (B, V, 3) outward, camera frame (x right, y down, z away)
+        bi, yi, xi = mask.nonzero(as_tuple=True)  # shade covered pixels only
+        f = fi[bi, yi, xi]
+        corner_n = vn[bi[:, None], self.faces[f]]  # (P, 3 corners, 3)
+        n = torch.nn.functional.normalize((frags.bary[bi, yi, xi][..., None] * corner_n).sum(1), dim=-1)
+        lam = (n * light[bi]).sum(-1).clamp_min(0)  # (P,)
+        colour = torch.zeros(*fi.shape, 3)
+        colour[bi, yi, xi] = self.face_colour[f] * (0.45 + 0.6 * lam)[:, None]
+        fidx = fi.clamp_min(0)
+        return colour.clamp(0, 1), mask, self.face_part[fidx] * mask, fi
+
+
+def _vertex_normals(v: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    a, b, c = v[:, faces[:, 0]], v[:, faces[:, 1]], v[:, faces[:, 2]]
+    fn = torch.linalg.cross(b - a, c - a, dim=-1)  # (B, F, 3), area-weighted
+    vn = torch.zeros_like(v)
+    for k in range(3):
+        vn.index_add_(1, faces[:, k], fn)
+    return torch.nn.functional.normalize(vn, dim=-1)
+
+
+def _backgrounds(rng: np.random.Generator, n: int, out_size: int) -> torch.Tensor:
+    """(n, size, size, 3) textured backgrounds: gradient + low-frequency noise + gratings + a few shapes, drawn
+    at half resolution (cheap) and upsampled."""
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    size = (out_size + 1) // 2
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    c0, c1 = torch.rand(n, 1, 1, 3, generator=g), torch.rand(n, 1, 1, 3, generator=g)
+    ang = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    t = (xx * torch.cos(ang) + yy * torch.sin(ang) + 1) / 2  # (n, S, S)
+    img = c0 + (c1 - c0) * t[..., None] * 0.8
+    for cells in (4, 12, 40):
+        noise = torch.rand(n, 3, cells, cells, generator=g)
+        up = torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+        img = img + (up.permute(0, 2, 3, 1) - 0.5) * (0.5 if cells == 4 else 0.25) * torch.rand(n, 1, 1, 1, generator=g)
+    freq = 4 + 40 * torch.rand(n, 1, 1, generator=g)
+    ang = torch.rand(n, 1, 1, generator=g) * math.pi
+    grating = torch.sin((xx * torch.cos(ang) + yy * torch.sin(ang)) * freq * 2 * math.pi)
+    amp = (torch.rand(n, 1, 1, 1, generator=g) < 0.5) * 0.25 * torch.rand(n, 1, 1, 3, generator=g)
+    img = img + grating[..., None] * amp
+    for _ in range(4):  # rectangles and ellipses (clutter)
+        cx, cy, rx, ry = torch.rand(4, n, 1, 1, generator=g)
+        rx, ry = 0.05 + 0.3 * rx, 0.05 + 0.3 * ry
+        colour = torch.rand(n, 1, 1, 3, generator=g)
+        ell = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
+        rect = ((xx - cx).abs() < rx) & ((yy - cy).abs() < ry)
+        use = torch.rand(n, 1, 1, generator=g)
+        shape = torch.where(use < 0.35, ell, torch.where(use < 0.7, rect, torch.zeros_like(rect)))
+        img = torch.where(shape[..., None], 0.5 * img + 0.5 * colour, img)
+    img = torch.nn.functional.interpolate(img.permute(0, 3, 1, 2), size=(out_size, out_size), mode="bilinear",
+                                          align_corners=False)
+    return img.permute(0, 2, 3, 1).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------- samples
+
+
+@dataclass
+class _Batch:
+    pose: np.ndarray  # (n, 72) axis-angle, global orientation in the camera frame
+    betas: np.ndarray  # (n, 10)
+    gender: np.ndarray  # (n,) 'm'/'f'/'n'
+    cam: np.ndarray  # (n, 3) weak perspective (s, tx, ty)
+    center: np.ndarray  # (n, 2)
+    scale: np.ndarray  # (n,)
+    img_hw: np.ndarray  # (n, 2)
+    joints2d: np.ndarray  # (n, 49, 2) image pixels
+    S: np.ndarray  # (n, 24, 4)
+    images: list  # uint8 (H, W, 3)
+    masks: list  # uint8 (H, W) 0/255
+    parts: list  # uint8 (H, W) 0..6 / 255
+
+
+class _Synth:
+    def __init__(self, root: Path, img_size: int | None):
+        from compress.smpl import SMPL
+
+        self.root = root
+        self.img_size = img_size
+        self.models = {g: SMPL(root, gender=g) for g in ("neutral", "male", "female")}
+        for m in self.models.values():
+            m.eval()
+        body = body_mod.build_body("neutral")
+        self.renderer = _Renderer(body.smpl["f"], body)
+
+    def batch(self, rng: np.random.Generator, n: int, *, spread: float, yaw_sd: float | None,
+              genders: np.ndarray | None = None, rotations: np.ndarray | None = None,
+              body_pose: np.ndarray | None = None, betas: np.ndarray | None = None, masks: bool = False) -> _Batch:
+        """Sample (or take) n bodies, choose boxes and cameras, render."""
+        if body_pose is None:
+            body_pose = sample_body_pose(rng, n, spread=spread)
+        if betas is None:
+            betas = np.clip(0.8 * rng.standard_normal((n, 10)), -2.5, 2.5)
+        glob = rotations if rotations is not None else sample_global_orient(rng, n, yaw_sd=yaw_sd)
+        rotmat = np.concatenate([glob[:, None], body_pose], axis=1)  # (n, 24, 3, 3)
+        genders = np.full(n, "n") if genders is None else genders
+        verts = np.zeros((n, C.NUM_VERTICES, 3))
+        joints = np.zeros((n, 49, 3))
+        for g, name in (("n", "neutral"), ("m", "male"), ("f", "female")):
+            sel = np.nonzero(genders == g)[0]
+            if sel.size:
+                with torch.no_grad():
+                    out = self.models[name](torch.tensor(rotmat[sel], dtype=torch.float32),
+                                            torch.tensor(betas[sel], dtype=torch.float32))
+                verts[sel], joints[sel] = out.vertices.double().numpy(), out.joints.double().numpy()
+
+        # Box: 1.2 x the 2D extent of the 24 GT joints (weak perspective, metres), jittered; image size and
+        # box size in pixels; the camera follows from the box (module doc).
+        j24 = joints[:, 25:]
+        lo, hi = j24[..., :2].min(1), j24[..., :2].max(1)
+        extent_m = 1.2 * (hi - lo).max(1) * rng.uniform(0.97, 1.12, n)
+        mid = (lo + hi) / 2 + rng.normal(0, 0.025, (n, 2)) * extent_m[:, None]
+        if self.img_size:
+            hw = np.full((n, 2), self.img_size)
+        else:
+            hw = rng.integers(160, 241, (n, 2))
+        box_px = rng.uniform(0.65, 1.0, n) * hw.min(1)
+        margin = box_px / 2.4
+        center = np.stack([rng.uniform(margin, hw[:, 1] - margin), rng.uniform(margin, hw[:, 0] - margin)], 1)
+        s = 2.0 / extent_m
+        tz = 2 * C.FOCAL_LENGTH / (C.IMG_RES * s)
+        trans = np.concatenate([-mid, tz[:, None]], 1)  # (n, 3)
+        cam = np.concatenate([s[:, None], -mid], 1)
+        f_img = C.FOCAL_LENGTH * box_px / C.IMG_RES
+
+        def project(p):  # (n, k, 3) body points -> (n, k, 3) pixels + depth
+            q = p + trans[:, None]
+            return np.concatenate([f_img[:, None, None] * q[..., :2] / q[..., 2:] + center[:, None], q[..., 2:]], -1)
+
+        pix = project(verts)
+        joints2d = project(joints)[..., :2]
+        size = int(hw.max())
+        light = torch.nn.functional.normalize(torch.tensor(
+            np.stack([rng.normal(0, 0.5, n), rng.normal(-0.4, 0.4, n), -np.ones(n)], 1), dtype=torch.float32), dim=-1)
+        with torch.no_grad():
+            colour, mask, part, _ = self.renderer.render(torch.tensor(pix, dtype=torch.float32),
+                                                         torch.tensor(verts + trans[:, None], dtype=torch.float32),
+                                                         size, light)
+            bg = _backgrounds(rng, n, size)
+            img = torch.where(mask[..., None], colour, bg)
+            img = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        mask_np, part_np = mask.numpy(), part.numpy().astype(np.uint8)
+        images, masks_out, parts_out = [], [], []
+        for i in range(n):
+            h, w = int(hw[i, 0]), int(hw[i, 1])
+            images.append(np.ascontiguousarray(img[i, :h, :w]))
+            if masks:
+                masks_out.append((mask_np[i, :h, :w] * 255).astype(np.uint8))
+                parts_out.append(_ignore_part_borders(part_np[i, :h, :w]))
+
+        S = np.zeros((n, 24, 4))
+        cam_frame = j24 - j24[:, 14:15]  # root-centred at Pelvis (MPII) = H36M row 0
+        S[:, J17_SET, :3] = cam_frame[:, J17_SET]
+        S[:, J17_SET, 3] = 1.0
+        pose = _aa(rotmat.reshape(-1, 3, 3)).reshape(n, 72)
+        return _Batch(pose, betas, genders, cam, center, box_px / 200.0, hw, joints2d, S, images, masks_out, parts_out)
+
+
+def _ignore_part_borders(part: np.ndarray) -> np.ndarray:
+    """Mark some foreground pixels whose right neighbour is another part (every other row) as 255 (ignore):
+    UP-3D's annotations leave some border pixels unlabelled, and the evaluation must skip them."""
+    out = part.copy()
+    right = (part[:, :-1] > 0) & (part[:, 1:] > 0) & (part[:, :-1] != part[:, 1:])
+    right[1::2] = False
+    out[:, :-1][right] = 255
+    return out
+
+
+def _keypoints(b: _Batch, annotated: list[int]) -> np.ndarray:
+    """J24 `part` (n, 24, 3): pixels + visibility (annotated joints inside the image)."""
+    n = len(b.scale)
+    part = np.zeros((n, 24, 3))
+    xy = b.joints2d[:, 25:]
+    inside = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] < b.img_hw[:, None, 1]) & (xy[..., 1] < b.img_hw[:, None, 0])
+    vis = np.zeros((n, 24), bool)
+    vis[:, annotated] = True
+    vis &= inside
+    part[..., :2] = np.where(vis[..., None], xy, 0.0)
+    part[..., 2] = vis
+    return part
+
+
+def _openpose(rng: np.random.Generator, b: _Batch) -> np.ndarray:
+    """BODY_25 detections (n, 25, 3): the body's OpenPose joints with pixel noise, confidences, misses."""
+    n = len(b.scale)
+    xy = b.joints2d[:, :25] + rng.normal(0, 1.5, (n, 25, 2))
+    conf = rng.uniform(0.3, 0.95, (n, 25))
+    inside = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] < b.img_hw[:, None, 1]) & (xy[..., 1] < b.img_hw[:, None, 0])
+    keep = inside & (rng.uniform(size=(n, 25)) > 0.12)
+    return np.concatenate([xy * keep[..., None], (conf * keep)[..., None]], -1)
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+
+def _save_images(folder: Path, names: list[str], images: list[np.ndarray]) -> None:
+    for name, im in zip(names, images):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(path, quality=92)
+
+
+def _save_png(folder: Path, names: list[str], images: list[np.ndarray]) -> None:
+    for name, im in zip(names, images):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(path)
+
+
+def _concat(batches: list[_Batch]) -> dict:
+    out = {}
+    for f in ("pose", "betas", "gender", "cam", "center", "scale", "img_hw", "joints2d", "S"):
+        out[f] = np.concatenate([getattr(b, f) for b in batches])
+    return out
+
+
+def _generate(synth: _Synth, rng: np.random.Generator, n: int, *, masks: bool = False, **kw) -> list[_Batch]:
+    out = []
+    for start in range(0, n, BATCH):
+        k = min(BATCH, n - start)
+        sub = {key: (v[start:start + k] if isinstance(v, np.ndarray) else v) for key, v in kw.items()}
+        out.append(synth.batch(rng, k, masks=masks, **sub))
+    return out
+
+
+def _write_npz(root: Path, stem: str, fields: dict) -> None:
+    path = root / "dataset_extras" / f"{stem}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **fields)
+
+
+def _images_of(batches: list[_Batch]) -> list[np.ndarray]:
+    return [im for b in batches for im in b.images]
+
+
+def _make_itw(synth, rng, root, stem, folder, n, names, annotated, *, fits: dict) -> None:
+    batches = _generate(synth, rng, n, spread=1.0, yaw_sd=1.1)
+    d = _concat(batches)
+    _save_images(root / folder, names, _images_of(batches))
+    rng_op = np.random.default_rng(rng.integers(2**31))
+    part = np.concatenate([_keypoints(b, annotated) for b in batches])
+    openpose = np.concatenate([_openpose(rng_op, b) for b in batches])
+    _write_npz(root, stem, {"imgname": np.array(names), "center": d["center"], "scale": d["scale"], "part": part,
+                            "openpose": openpose, "has_smpl": np.zeros(n, np.int64)})
+    fits[stem] = np.concatenate([d["pose"], d["betas"]], 1)
+
+
+def _gt_extras(d: dict) -> dict:
+    return {"pose": d["pose"], "shape": d["betas"], "cam": d["cam"]}
+
+
+def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, int]:
+    seeds = np.random.SeedSequence(seed)
+    names = list(counts)
+    rngs = {name: np.random.default_rng(s) for name, s in zip(names, seeds.spawn(len(names)))}
+    written: dict[str, int] = {}
+    fits: dict[str, np.ndarray] = {}
+
+    def done(stem, n, t0):
+        written[stem] = n
+        log.info("synthetic: %s (%d samples) in %.1fs", stem, n, time.time() - t0)
+
+    # 3DPW: gendered models, SMPL GT, walking-like poses, mostly facing the camera.
+    t0, n, rng = time.time(), counts["3dpw_test"], rngs["3dpw_test"]
+    genders = np.where(rng.uniform(size=n) < 0.5, "m", "f")
+    batches = _generate(synth, rng, n, spread=0.6, yaw_sd=0.9, genders=genders)
+    d = _concat(batches)
+    imgnames = [f"imageFiles/downtown_synth_{i // 40:02d}/image_{i % 40:05d}.jpg" for i in range(n)]
+    _save_images(root / C.IMAGE_FOLDERS["3dpw"], imgnames, _images_of(batches))
+    _write_npz(root, "3dpw_test", {"imgname": np.array(imgnames), "center": d["center"], "scale": d["scale"],
+                                   "pose": d["pose"], "shape": d["betas"], "gender": d["gender"], "cam": d["cam"]})
+    done("3dpw_test", n, t0)
+
+    # H36M P1/P2: the same frames seen by four cameras around the subject; P2 = the last camera.
+    t0, n, rng = time.time(), counts["h36m_valid"], rngs["h36m_valid"]
+    body_pose = sample_body_pose(rng, n, spread=0.6)
+    betas = np.clip(0.8 * rng.standard_normal((n, 10)), -2.5, 2.5)
+    world = sample_global_orient(rng, n, yaw_sd=None)
+    views = []
+    for k, camid in enumerate(H36M_CAMERAS):
+        # camera k sees the scene from another yaw about the world's vertical: R = flip Ry flip^T world
+        flip = np.diag([1.0, -1.0, -1.0])
+        yaw = k * np.pi / 2 + (0.2 * rng.standard_normal() if k else 0.0)
+        glob = flip @ _rot(1, np.full(n, yaw)) @ flip @ world
+        bs = _generate(synth, rng, n, spread=0.6, yaw_sd=None, rotations=glob, body_pose=body_pose, betas=betas)
+        subj = ["S9" if i % 2 == 0 else "S11" for i in range(n)]
+        names_k = [f"images/{subj[i]}_Synth_1.{camid}_{5 * i:06d}.jpg" for i in range(n)]
+        _save_images(root / C.IMAGE_FOLDERS["h36m"], names_k, _images_of(bs))
+        views.append((names_k, _concat(bs)))
+    p1 = {f: np.concatenate([v[1][f] for v in views]) for f in views[0][1]}
+    p1_names = [nm for v in views for nm in v[0]]
+    for stem, names_, d in (("h36m_valid_protocol1", p1_names, p1), ("h36m_valid_protocol2", views[-1][0], views[-1][1])):
+        _write_npz(root, stem, {"imgname": np.array(names_), "center": d["center"], "scale": d["scale"], "S": d["S"],
+                                **_gt_extras(d)})
+        written[stem] = len(names_)
+    done("h36m_valid_protocol1", len(p1_names), t0)
+
+    # MPI-INF-3DHP test: 17-joint GT, calmer poses, any yaw.
+    t0, n, rng = time.time(), counts["mpi_inf_3dhp_valid"], rngs["mpi_inf_3dhp_valid"]
+    batches = _generate(synth, rng, n, spread=0.8, yaw_sd=None)
+    d = _concat(batches)
+    imgnames = [f"mpi_inf_3dhp_test_set/TS{1 + i % 6}/imageSequence/img_{1 + i // 6:06d}.jpg" for i in range(n)]
+    _save_images(root / C.IMAGE_FOLDERS["mpi-inf-3dhp"], imgnames, _images_of(batches))
+    part = np.concatenate([_keypoints(b, J17_SET) for b in batches])
+    _write_npz(root, "mpi_inf_3dhp_valid", {"imgname": np.array(imgnames), "center": d["center"], "scale": d["scale"],
+                                            "part": part, "S": d["S"], **_gt_extras(d)})
+    done("mpi_inf_3dhp_valid", n, t0)
+
+    # LSP test: images 1001.., silhouettes and part segmentations in upi-s1h.
+    t0, n, rng = time.time(), counts["lsp_dataset_test"], rngs["lsp_dataset_test"]
+    batches = _generate(synth, rng, n, masks=True, spread=1.0, yaw_sd=1.1)
+    d = _concat(batches)
+    ids = [1001 + i for i in range(n)]
+    imgnames = [f"images/im{i:04d}.jpg" for i in ids]
+    masknames = [f"data/lsp/im{i:04d}_segmentation.png" for i in ids]
+    partnames = [f"data/lsp/im{i:04d}_part_segmentation.png" for i in ids]
+    _save_images(root / C.IMAGE_FOLDERS["lsp"], imgnames, _images_of(batches))
+    _save_png(root / C.UPI_S1H_FOLDER, masknames, [m for b in batches for m in b.masks])
+    _save_png(root / C.UPI_S1H_FOLDER, partnames, [p for b in batches for p in b.parts])
+    part = np.concatenate([_keypoints(b, LSP_SET) for b in batches])
+    _write_npz(root, "lsp_dataset_test", {"imgname": np.array(imgnames), "maskname": np.array(masknames),
+                                          "partname": np.array(partnames), "center": d["center"], "scale": d["scale"],
+                                          "part": part, **_gt_extras(d)})
+    done("lsp_dataset_test", n, t0)
+
+    # Training sets.
+    t0, n, rng = time.time(), counts["h36m_train"], rngs["h36m_train"]
+    batches = _generate(synth, rng, n, spread=0.6, yaw_sd=None)
+    d = _concat(batches)
+    subj = ["S1", "S5", "S6", "S7", "S8"]
+    imgnames = [f"images/{subj[i % 5]}_Synth_1.{H36M_CAMERAS[(i // 5) % 4]}_{5 * i:06d}.jpg" for i in range(n)]
+    _save_images(root / C.IMAGE_FOLDERS["h36m"], imgnames, _images_of(batches))
+    part = np.concatenate([_keypoints(b, J17_SET) for b in batches])
+    _write_npz(root, "h36m_train", {"imgname": np.array(imgnames), "center": d["center"], "scale": d["scale"],
+                                    "part": part, "S": d["S"]})
+    fits["h36m"] = np.concatenate([d["pose"], d["betas"]], 1)
+    done("h36m_train", n, t0)
+
+    itw = [
+        ("lsp_dataset_original_train", "lsp-orig", lambda i: f"images/im{i + 1:04d}.jpg", LSP_SET),
+        ("mpii_train", "mpii", lambda i: f"images/{100000000 + 7919 * i:09d}.jpg", MPII_SET),
+        ("hr-lspet_train", "lspet", lambda i: f"im{i + 1:05d}.jpg", LSP_SET),
+        ("coco_2014_train", "coco", lambda i: f"train2014/COCO_train2014_{1000 + 37 * i:012d}.jpg", COCO_SET),
+    ]
+    for stem, key, namer, annotated in itw:
+        t0, n = time.time(), counts[stem]
+        fit_store: dict = {}
+        _make_itw(synth, rngs[stem], root, stem, C.IMAGE_FOLDERS[key], n, [namer(i) for i in range(n)], annotated,
+                  fits=fit_store)
+        fits[key] = fit_store[stem]
+        done(stem, n, t0)
+
+    t0, n, rng = time.time(), counts["mpi_inf_3dhp_train"], rngs["mpi_inf_3dhp_train"]
+    batches = _generate(synth, rng, n, spread=0.8, yaw_sd=None)
+    d = _concat(batches)
+    imgnames = [f"S{1 + i % 8}/Seq{1 + (i // 8) % 2}/imageFrames/video_{(i // 16) % 9}/frame_{1 + i:06d}.jpg"
+                for i in range(n)]
+    _save_images(root / C.IMAGE_FOLDERS["mpi-inf-3dhp"], imgnames, _images_of(batches))
+    part = np.concatenate([_keypoints(b, J17_SET) for b in batches])
+    openpose = np.concatenate([_openpose(np.random.default_rng(rng.integers(2**31)), b) for b in batches])
+    _write_npz(root, "mpi_inf_3dhp_train", {"imgname": np.array(imgnames), "center": d["center"], "scale": d["scale"],
+                                            "part": part, "openpose": openpose, "S": d["S"], "pose": d["pose"],
+                                            "shape": d["betas"], "has_smpl": np.ones(n, np.int64)})
+    fits["mpi-inf-3dhp"] = np.concatenate([d["pose"], d["betas"]], 1)
+    done("mpi_inf_3dhp_train", n, t0)
+
+    (root / "static_fits").mkdir(exist_ok=True)
+    for key, arr in fits.items():
+        np.save(root / "static_fits" / f"{key}_fits.npy", arr.astype(np.float32))  # SPIN: <dataset key>_fits.npy
+    return written
+
+
+def _complete(root: Path, manifest: dict) -> bool:
+    path = root / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    keys = ("format_version", "size", "seed", "img_size")
+    return all(old.get(k) == manifest[k] for k in keys) and all(
+        (root / "dataset_extras" / f"{stem}.npz").is_file() for stem in old.get("files", {}))
+
+
+def generate_root(out: str | Path, *, size: str = "default", seed: int = 0, img_size: int | None = None,
+                  force: bool = False) -> Path:
+    """Write a complete SPIN-layout synthetic data root to `out` and return its path.
+
+    size: "small" (a handful of samples per file, seconds) or "default" (~3k training and ~150 evaluation
+    images per set). An existing complete root with the same size/seed/img_size is kept unless `force`.
+    """
+    if size not in SIZES:
+        raise UserError(f"unknown synthetic size {size!r}; choose one of {', '.join(SIZES)}")
+    if img_size is not None and not 64 <= int(img_size) <= 1024:
+        raise UserError(f"img_size must be between 64 and 1024 px, got {img_size}")
+    root = Path(out)
+    manifest = {"format_version": FORMAT_VERSION, "size": size, "seed": int(seed),
+                "img_size": None if img_size is None else int(img_size)}
+    if not force and _complete(root, manifest):
+        log.info("synthetic root %s is complete (size=%s, seed=%d); use force to regenerate", root, size, seed)
+        return root
+    if root.exists() and any(root.iterdir()):
+        if not (root / MANIFEST).is_file() and not (root / "dataset_extras").is_dir():
+            raise UserError(f"{root} exists and is not a synthetic data root; choose another --out or empty it")
+        for sub in ("dataset_extras", "static_fits", C.UPI_S1H_FOLDER, *set(C.IMAGE_FOLDERS.values())):
+            shutil.rmtree(root / sub, ignore_errors=True)
+        (root / MANIFEST).unlink(missing_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    log.info("synthetic: writing the body model to %s", root)
+    body_mod.write_body_files(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    try:
+        written = _build_all(_Synth(root, img_size), root, SIZES[size], seed)
+    finally:
+        torch.set_num_threads(threads)
+    manifest["files"] = written
+    manifest["seconds"] = round(time.time() - t0, 1)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    log.info("synthetic root ready: %s (%d files, %.1fs)", root, len(written), time.time() - t0)
+    return root
