@@ -52,11 +52,12 @@ class LossWeights:
 
 def loss_weights(spec, *, distill: bool = True) -> LossWeights:
     """LossWeights from a recipe TrainSpec (fields kp2d, kp3d, pose, betas, shape, cam, openpose_weight, gt_weight,
-    loss_scale and `distill` with rotmat, betas, cam, joints, features). distill=False zeroes the KD terms."""
+    loss_scale and `distill` with rotmat, betas, cam, joints, features). distill=False (no teacher) or
+    spec.distill None zeroes the KD terms."""
     kw = {f.name: float(getattr(spec, f.name)) for f in dataclasses.fields(LossWeights)
           if not f.name.startswith("distill_") and hasattr(spec, f.name)}
     kd = getattr(spec, "distill", None)
-    if distill and kd is not None and getattr(kd, "teacher", None):
+    if distill and kd is not None:  # an empty kd.teacher means "the default teacher": the caller resolves it
         for term in DISTILL_TERMS:
             kw[term] = float(getattr(kd, term.removeprefix("distill_"), 0.0) or 0.0)
     return LossWeights(**kw)

@@ -20,6 +20,8 @@ different masks than a single process would (the weights stay identical across r
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import itertools
 import json
 import logging
 import math
@@ -77,7 +79,8 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(local_rank)
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=False)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # rank 0 evaluates alone at the end while the others wait in a barrier: allow a long evaluation
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=3))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
 
 
@@ -205,6 +208,49 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
+# ----------------------------------------------------------------------------------------------- static fits
+
+
+class StaticFits:
+    """SPIN's static fits `<root>/static_fits/<dataset>_fits.npy` ((N, 82): 72 pose + 10 betas per training sample):
+    SMPL targets for samples without SMPL ground truth, rotated and flipped like the item. No SMPLify runs in the
+    loop, so these files never change. As in SPIN, fits with any |beta| > 3 have their betas zeroed."""
+
+    def __init__(self, root: str | os.PathLike, keys: Iterable[str]) -> None:
+        self.fits: dict[str, np.ndarray] = {}
+        for key in keys:
+            path = Path(root) / "static_fits" / f"{key}_fits.npy"
+            if path.is_file():
+                arr = np.load(path, allow_pickle=False).astype(np.float32)
+                if arr.ndim != 2 or arr.shape[1] != 82:
+                    raise UserError(f"{path}: expected (N, 82) pose+betas fits, got {arr.shape}")
+                arr[np.abs(arr[:, 72:]).max(axis=1) > 3, 72:] = 0.0
+                self.fits[key] = arr
+
+    def __bool__(self) -> bool:
+        return bool(self.fits)
+
+    def apply(self, batch: dict, targets: dict[str, torch.Tensor]) -> None:
+        """Fill pose/betas/has_smpl of the samples without SMPL ground truth from their fits (in place)."""
+        from compress.data.crop import augment_pose
+
+        need = (targets["has_smpl"] < 0.5).nonzero().flatten().tolist()
+        rows, poses, betas = [], [], []
+        for i in need:
+            arr = self.fits.get(batch["dataset_name"][i])
+            j = int(batch["sample_index"][i])
+            if arr is None or j >= len(arr):
+                continue
+            rows.append(i)
+            poses.append(augment_pose(arr[j, :72], float(batch["rot_angle"][i]), flip=bool(batch["is_flipped"][i])))
+            betas.append(arr[j, 72:])
+        if rows:
+            idx = torch.tensor(rows, device=targets["pose"].device)
+            targets["pose"][idx] = torch.from_numpy(np.stack(poses)).to(targets["pose"])
+            targets["betas"][idx] = torch.from_numpy(np.stack(betas)).to(targets["betas"])
+            targets["has_smpl"][idx] = 1.0
+
+
 # ----------------------------------------------------------------------------------------------- state and step
 
 
@@ -226,6 +272,7 @@ class TrainState:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     teacher: nn.Module | None = None
+    fits: StaticFits | None = None  # SMPL targets where has_smpl is 0
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
 
@@ -242,6 +289,8 @@ def train_step(state: TrainState, batch: dict) -> dict[str, float]:
     if state.channels_last:
         img = img.contiguous(memory_format=torch.channels_last)
     targets = {k: batch[k].to(state.device, non_blocking=True).float() for k in TARGET_KEYS}
+    if state.fits:
+        state.fits.apply(batch, targets)
     with _autocast(state):
         out = state.net(img)
     # SMPL and the losses run in float32 outside autocast (blend shapes and skinning lose too much in half)
@@ -286,9 +335,7 @@ def train_one_epoch(state: TrainState, loader: Iterable[dict], *, max_steps: int
     sums: dict[str, float] = {}
     steps, images = 0, 0
     t0 = time.perf_counter()
-    for batch in loader:
-        if max_steps is not None and steps >= max_steps:
-            break
+    for batch in itertools.islice(loader, max_steps):  # stop before fetching a batch that is not used
         values = train_step(state, batch)
         steps += 1
         images += batch["img"].shape[0] * state.dist.world
@@ -525,6 +572,7 @@ def run_train(recipe, *, out_dir: str | os.PathLike | None = None, resume: bool 
 
     spec = recipe.train or TrainSpec()
     run_dir = Path(out_dir) if out_dir else Path("runs") / recipe.name
+    seed_all(spec.seed)  # the initial weights depend on the seed only
     model, parent = initial_model(recipe)
     if int(os.environ.get("RANK", "0")) == 0:
         save_recipe(recipe, run_dir / "recipe.yaml")
@@ -647,14 +695,19 @@ def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: st
         img_res = recipe.model.img_res
         smpl = SMPL(recipe.data.root, gender="neutral")
         state = make_state(model, smpl, spec, img_res=img_res, device=device, info=info, teacher=teacher)
+        state.fits = StaticFits(recipe.data.root, recipe.data.train_datasets)
+        if info.main and state.fits:
+            log.info("static fits for %s", ", ".join(state.fits.fits))
         last = run_dir / LAST
         if resume and last.is_file():
             load_train_state(state, last, phase=phase, stage=stage)
             if info.main:
                 log.info("resuming %s from %s (epoch %d, step %d)", stage, last, state.epoch, state.step)
                 truncate_log(run_dir, phase=phase, step=state.step)
-        elif resume and info.main:
-            log.info("no %s to resume from: starting %s from the beginning", last, stage)
+        elif info.main:
+            if resume:
+                log.info("no %s to resume from: starting %s from the beginning", last, stage)
+            truncate_log(run_dir, phase=phase, step=0)  # a fresh start replaces this phase's earlier curve
         dataset = train_dataset(recipe, img_res=img_res, seed=spec.seed)
         make_loader = loader_factory(dataset, batch_size=spec.batch_size, workers=recipe.data.workers,
                                      seed=spec.seed, info=info, pin_memory=device.type == "cuda")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -161,3 +162,167 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert saved["epoch"] == 1 and saved["step"] == 2
     # no optimizer step was taken on the bad batch (its forward did update BatchNorm running statistics)
     assert all(torch.equal(saved["state_dict"][k], p) for k, p in state.model.named_parameters())
+
+
+# ----------------------------------------------------------------------------------------------- real pipeline
+# hmr_tiny on the small synthetic root (real datasets, SMPL, evaluate, checkpoints), CPU-sized.
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from compress.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from compress.recipe import (DataSpec, DistillSpec, EvalSpec, ModelSpec, Recipe, TrainSpec,  # noqa: E402
+                             save_recipe)
+from compress.train import run_finetune, run_train  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    from compress.data.synthetic import generate_root
+
+    path = tmp_path_factory.mktemp("synthetic")
+    generate_root(path, size="small")
+    return path
+
+
+def _recipe(root, *, epochs=2, steps=2, workers=0, distill=None, eval_sets=("h36m-p1",)) -> Recipe:
+    spec = TrainSpec(epochs=epochs, steps_per_epoch=steps, batch_size=2, lr=1e-3, log_every=1, amp=False,
+                     distill=distill)
+    return Recipe(name="t", model=ModelSpec(name="hmr_tiny", img_res=32), data=DataSpec(root=str(root), workers=workers),
+                  train=spec, finetune=spec, eval=EvalSpec(datasets=list(eval_sets), batch_size=4, subset=4, workers=0))
+
+
+@pytest.fixture(autouse=True)
+def _no_env_root(monkeypatch):
+    monkeypatch.delenv("COMPRESS_DATA_ROOT", raising=False)
+
+
+def test_run_train_writes_a_complete_run(root, tmp_path):
+    calls = []
+    result = run_train(_recipe(root, eval_sets=("h36m-p1", "3dpw")), out_dir=tmp_path / "run",
+                       progress=lambda d, t, info: calls.append((d, t)))
+    run = tmp_path / "run"
+    assert calls[-1] == (4, 4) and result["steps"] == 4 and result["epochs"] == 2
+    assert {p.name for p in run.iterdir()} >= {"recipe.yaml", "trained.pt", "last.pt", "log.jsonl", "metrics"}
+    model, meta = load_checkpoint(run / "trained.pt")
+    assert meta["stage"] == "trained" and meta["parent"] is None and meta["epochs"] == 2
+    assert set(meta["metrics"]) == {"h36m-p1", "3dpw"} and meta["metrics"]["3dpw"]["n"] == 4
+    assert meta["metrics"]["h36m-p1"]["mpjpe_mm"] > 0
+    saved = json.loads((run / "metrics" / "trained.json").read_text())
+    assert saved["stage"] == "trained" and saved["metrics"] == result["metrics"]
+    steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["kind"] == "step"] == [1, 2, 3, 4]
+
+
+KILL_SCRIPT = textwrap.dedent('''
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from compress.recipe import load_recipe
+    from compress.train import run_train
+
+    mode, recipe, out = sys.argv[1:4]
+
+    def progress(done, total, info):
+        if mode == "kill" and done == 4:  # after the first step of epoch 2 (3 steps per epoch)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    run_train(load_recipe(recipe), out_dir=out, resume=mode == "resume", progress=progress)
+''')
+
+
+def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(root, tmp_path):
+    save_recipe(_recipe(root, epochs=3, steps=3, workers=1), tmp_path / "r.yaml")
+    (tmp_path / "kill.py").write_text(KILL_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPRESS_DATA_ROOT", "RANK", "WORLD_SIZE")}
+    env.update(PYTHONPATH=str(PROJECT), OMP_NUM_THREADS="1")
+
+    def run(mode, out):
+        return subprocess.run([sys.executable, str(tmp_path / "kill.py"), mode, str(tmp_path / "r.yaml"),
+                               str(tmp_path / out)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+
+    full = run("full", "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = run("kill", "killed")
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "trained.pt").exists()
+    assert torch.load(tmp_path / "killed" / LAST, weights_only=True)["epoch"] == 1
+    resumed = run("resume", "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = torch.load(tmp_path / "full" / "trained.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "trained.pt", weights_only=True)
+    assert a["train"]["steps"] == b["train"]["steps"] == 9
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["metrics"] == b["metrics"]
+    # the killed epoch's log lines were dropped on resume: every step is logged once
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert steps == list(range(1, 10))
+
+
+def _pruned_run(root, tmp_path, *, distill) -> Path:
+    """A baseline checkpoint and a run directory whose pruned.pt (here: same widths) names it as parent."""
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    save_checkpoint(create_model("hmr_tiny", img_res=32), base / "trained.pt", stage="trained")
+    run = tmp_path / "p1"
+    torch.manual_seed(1)
+    save_checkpoint(create_model("hmr_tiny", img_res=32), run / "pruned.pt", parent=str(base / "trained.pt"),
+                    stage="P1")
+    save_recipe(_recipe(root, epochs=3, steps=2, distill=distill), run / "recipe.yaml")
+    return run
+
+
+def test_run_finetune_distils_from_the_chain_root(root, tmp_path):
+    run = _pruned_run(root, tmp_path, distill=DistillSpec(teacher="", rotmat=1.0, joints=1.0, features=1.0))
+    result = run_finetune(run, epochs=1)
+    assert result["stage"] == "FT(1)" and result["distill"] and result["steps"] == 2
+    _, meta = load_checkpoint(run / "finetuned.pt")
+    assert meta["stage"] == "FT(1)" and meta["parent"] == str(run / "pruned.pt") and meta["distill"]
+    assert (run / "metrics" / "finetuned.json").is_file() and "h36m-p1" in meta["metrics"]
+    record = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert record["kind"] == "epoch" and record["phase"] == "finetune"
+    # same widths here, so the feature term is active too
+    assert {"distill_rotmat", "distill_joints", "distill_features", "distill_cam"} <= set(record)
+    # --set finetune.distill=null turns it off; the recipe's epochs are the default length
+    result = run_finetune(run, overrides=["finetune.distill=null"])
+    assert result["stage"] == "FT(3)" and not result["distill"] and result["steps"] == 6
+
+
+def test_run_finetune_errors_are_user_errors(root, tmp_path):
+    run = _pruned_run(root, tmp_path, distill=DistillSpec(teacher=str(tmp_path / "nope.pt")))
+    with pytest.raises(UserError, match="teacher not found"):
+        run_finetune(run, epochs=1)
+    with pytest.raises(UserError, match="no recipe.yaml"):
+        run_finetune(tmp_path / "base", epochs=1)
+    (tmp_path / "base" / "recipe.yaml").write_text((run / "recipe.yaml").read_text())
+    with pytest.raises(UserError, match="no pruned.pt"):
+        run_finetune(tmp_path / "base", epochs=1)
+
+
+def test_static_fits_fill_samples_without_smpl(tmp_path):
+    from compress.data.crop import augment_pose
+    from compress.train import StaticFits
+
+    (tmp_path / "static_fits").mkdir()
+    fits = np.random.default_rng(0).normal(0, 0.5, (5, 82)).astype(np.float32)
+    fits[3, 75] = 4.0  # |beta| > 3: betas zeroed (SPIN)
+    np.save(tmp_path / "static_fits" / "coco_fits.npy", fits)
+    sf = StaticFits(tmp_path, ["coco", "mpii"])
+    assert list(sf.fits) == ["coco"]
+    batch = {"dataset_name": ["coco", "coco", "mpii"], "sample_index": torch.tensor([3, 1, 0]),
+             "rot_angle": torch.tensor([30.0, 0.0, 0.0]), "is_flipped": torch.tensor([1, 0, 0])}
+    targets = {"pose": torch.zeros(3, 72), "betas": torch.zeros(3, 10), "has_smpl": torch.tensor([0.0, 1.0, 0.0])}
+    sf.apply(batch, targets)
+    assert targets["has_smpl"].tolist() == [1.0, 1.0, 0.0]  # GT kept, no fit for mpii
+    assert torch.allclose(targets["pose"][0], torch.from_numpy(augment_pose(fits[3, :72], 30.0, flip=True)))
+    assert targets["betas"][0].abs().sum() == 0 and targets["pose"][1:].abs().sum() == 0
