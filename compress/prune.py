@@ -443,7 +443,8 @@ def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn
 
     spec = _as_spec(spec)
     if spec.target is not None:
-        raise UserError("prune.target is reserved and not implemented yet: give prune.ratio instead")
+        return _prune_to_target(model, spec, example_inputs, loss_fn=loss_fn, calibration_batches=calibration_batches,
+                                build_timeout_s=build_timeout_s, track_channels=track_channels)
     notes: list[str] = [MACS_NOTE]
     model = copy.deepcopy(model).eval()
     example = example_inputs.to(next(model.parameters()).device)
@@ -507,6 +508,8 @@ def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn
     widths_after = layer_widths(model)
     fractions = {n: widths_after[n][1] / widths_before[n][1] for n in widths_before if n in widths_after}
     min_layer = min(fractions, key=fractions.get) if fractions else ""
+    if spec.importance == "taylor":
+        notes.append(f"taylor: gradients of the loss on {n_calibration} calibration batches before each step")
     if isinstance(importance, _BNScaleWithFallback) and importance.fallback:
         notes.append(f"bn_scale: {len(set(importance.fallback))} groups without BatchNorm scored by L2 magnitude "
                      f"({', '.join(sorted(set(importance.fallback))[:4])}...)")
@@ -536,6 +539,47 @@ def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn
     return model, summary
 
 
+def _prune_to_target(model: nn.Module, spec, example_inputs: torch.Tensor, **kwargs) -> tuple[nn.Module, dict]:
+    """Bisect the channel ratio until params or MACs meet prune.target (the smallest ratio that does)."""
+    target = spec.target
+    if target.latency_ms is not None:
+        raise UserError("prune.target.latency_ms is not supported yet: give params, macs, params_ratio or macs_ratio")
+    metric = "params_total" if target.params is not None or target.params_ratio is not None else "macs"
+    base = cost(model, example_inputs.to(next(model.parameters()).device))
+    budget = next(v for v in (target.params, target.macs) if v is not None) if (
+        target.params is not None or target.macs is not None) else base[metric] * (
+        target.params_ratio if target.params_ratio is not None else target.macs_ratio)
+    if base[metric] <= budget:
+        raise UserError(f"prune.target: the model already has {metric} {base[metric]:,} <= {budget:,.0f}")
+
+    def attempt(ratio: float):
+        try:
+            return prune_model(model, dataclasses.replace(spec, ratio=ratio, target=None), example_inputs, **kwargs)
+        except UserError as exc:  # a ratio that empties a layer is simply too high
+            log.info("target search: ratio %.4f refused (%s)", ratio, exc)
+            return None
+
+    lo, hi, best = 0.0, min(spec.max_layer_ratio, 0.99), None
+    top = attempt(hi)
+    if top is None or top[1]["after"][metric] > budget:
+        reached = "refused" if top is None else f"{top[1]['after'][metric]:,}"
+        raise UserError(f"prune.target: {metric} {budget:,.0f} is out of reach (ratio {hi:.2f} gives {reached}); "
+                        "raise prune.max_layer_ratio or the target")
+    best = (hi, top)
+    for _ in range(10):  # ratio to within ~0.001
+        mid = (lo + hi) / 2
+        result = attempt(mid)
+        if result is not None and result[1]["after"][metric] <= budget:
+            hi, best = mid, (mid, result)
+        else:
+            lo = mid
+    ratio, (pruned, summary) = best
+    summary["ratio"] = round(ratio, 4)
+    summary["target"] = {"metric": metric, "budget": int(budget), "reached": summary["after"][metric]}
+    summary["notes"].append(f"target: {metric} <= {budget:,.0f} reached with channel ratio {ratio:.4f} (bisection)")
+    return pruned, summary
+
+
 # ----------------------------------------------------------------------------------------------- run
 
 
@@ -550,7 +594,8 @@ def _resolve_start(ref: str) -> Path:
                 return path / name
         raise UserError(f"prune.from: no checkpoint in {path} (looked for {', '.join(START_CHECKPOINTS)})")
     if not path.is_file():
-        raise UserError(f"prune.from: checkpoint not found: {path} (a .pt file or a run directory)")
+        raise UserError(f"prune.from: checkpoint not found: {path} (a .pt file or a run directory; "
+                        "train or prune that run first)")
     return path
 
 
@@ -640,6 +685,9 @@ def run_prune(recipe, *, out_dir: str | Path | None = None) -> dict:
     if spec.importance == "taylor":
         loss_fn = hmr_loss_fn(recipe, device=device)
         batches = calibration_batches(recipe, n=spec.calibration)
+        if len(batches) < spec.calibration:
+            log.warning("prune: only %d calibration batches available (prune.calibration=%d)", len(batches),
+                        spec.calibration)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # `random` importance and dropout-free tracing are then reproducible
         pruned, summary = prune_model(model, spec, example, loss_fn=loss_fn, calibration_batches=batches)

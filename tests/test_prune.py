@@ -334,3 +334,18 @@ def test_pruned_checkpoint_reloads_bitwise_in_a_fresh_process(tmp_path, name, im
     got = torch.load(tmp_path / "out.pt", weights_only=True)
     for key in ("rotmat", "betas", "cam", "pose6d", "features"):
         assert torch.equal(got[key], expected[key]), key
+
+
+def test_prune_to_a_parameter_budget(img):
+    from compress.recipe import PruneSpec, PruneTarget
+
+    model = create_model("hmr_tiny", img_res=RES)
+    spec = PruneSpec(target=PruneTarget(params_ratio=0.6))
+    pruned, summary = prune_model(model, spec, img)
+    total = sum(p.numel() for p in pruned.parameters())
+    assert total <= 0.6 * 41_693 and summary["target"]["reached"] == total
+    # the smallest such ratio: a little less pruning would exceed the budget
+    _, looser = prune_model(model, {"ratio": summary["ratio"] - 0.02}, img)
+    assert looser["after"]["params_total"] > 0.6 * 41_693
+    with pytest.raises(UserError, match="out of reach"):
+        prune_model(model, PruneSpec(target=PruneTarget(params=100)), img)
