@@ -928,7 +928,7 @@ def render_json(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------------------------- plots
 
 
-def make_plots(rows: list[dict], out_dir: str | Path, *, runs_dir: str | Path = "runs") -> list[Path]:
+def make_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """PNG plots: params vs PA-MPJPE with the Pareto front, latency bars, training curves; returns the files."""
     import matplotlib
 
@@ -1155,7 +1155,7 @@ def run_report(
     rows = collect_rows(runs, baseline=baseline, retime=retime, device=device, runs_dir=runs_dir, onnx=onnx,
                         interleave=interleave)
     if plots:
-        for path in make_plots(rows, plots, runs_dir=runs_dir):
+        for path in make_plots(rows, plots):
             log.info("wrote %s", path)
     if fmt == "table":
         return rows, render_table(rows, width=width, color=color)
