@@ -17,7 +17,9 @@ Ground truth: `S` = the body's 24 SPIN joints in the camera frame of the image, 
 joint (= H36M regressor row 0), validity 1 on the 17 joints of J24_TO_J17; `pose` has the global orientation in
 the camera frame. 3DPW samples are rendered with the gendered models, everything else with the neutral model.
 Evaluation files also carry the GT `pose`, `shape` and `cam` (extra keys) so a ground-truth "model" can be
-evaluated. `static_fits/<dataset>_fits.npy` (N, 82) hold the exact pose+betas of the training sets (SPIN's
+evaluated. The gendered models are the neutral one with a shifted shape mean (body.GENDER_BETAS), so a 3DPW
+sample's mesh equals the neutral model's with betas `shape + GENDER_BETAS[gender]`; with the GT betas as they are
+(what SPIN's protocol does to a perfect prediction) the neutral/gendered gap is ~18 mm MPJPE, ~6 mm PA-MPJPE. `static_fits/<dataset>_fits.npy` (N, 82) hold the exact pose+betas of the training sets (SPIN's
 static-fits layout), for trainers that use fits where `has_smpl` is 0.
 
 LSP test: `upi-s1h/data/lsp/imXXXX_segmentation.png` (0 background, 255 body) and
@@ -565,7 +567,7 @@ def _complete(root: Path, manifest: dict) -> bool:
     except json.JSONDecodeError:
         return False
     keys = ("format_version", "size", "seed", "img_size")
-    return all(old.get(k) == manifest[k] for k in keys) and all(
+    return old.get("complete", False) and all(old.get(k) == manifest[k] for k in keys) and all(
         (root / "dataset_extras" / f"{stem}.npz").is_file() for stem in old.get("files", {}))
 
 
@@ -587,12 +589,14 @@ def generate_root(out: str | Path, *, size: str = "default", seed: int = 0, img_
         log.info("synthetic root %s is complete (size=%s, seed=%d); use force to regenerate", root, size, seed)
         return root
     if root.exists() and any(root.iterdir()):
-        if not (root / MANIFEST).is_file() and not (root / "dataset_extras").is_dir():
-            raise UserError(f"{root} exists and is not a synthetic data root; choose another --out or empty it")
-        for sub in ("dataset_extras", "static_fits", C.UPI_S1H_FOLDER, *set(C.IMAGE_FOLDERS.values())):
+        if not (root / MANIFEST).is_file():  # never wipe a folder we did not write (e.g. a real SPIN root)
+            raise UserError(f"{root} exists and is not a synthetic data root ({MANIFEST} missing); choose another "
+                            "--out or empty the folder")
+        for sub in ("dataset_extras", "static_fits", "smpl", C.UPI_S1H_FOLDER, *set(C.IMAGE_FOLDERS.values())):
             shutil.rmtree(root / sub, ignore_errors=True)
-        (root / MANIFEST).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
+    # Written first (incomplete) so an interrupted run is recognised as ours and regenerated next time.
+    (root / MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2))
     t0 = time.time()
     log.info("synthetic: writing the body model to %s", root)
     body_mod.write_body_files(root)
@@ -603,6 +607,7 @@ def generate_root(out: str | Path, *, size: str = "default", seed: int = 0, img_
     finally:
         torch.set_num_threads(threads)
     manifest["files"] = written
+    manifest["complete"] = True
     manifest["seconds"] = round(time.time() - t0, 1)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log.info("synthetic root ready: %s (%d files, %.1fs)", root, len(written), time.time() - t0)
