@@ -274,7 +274,7 @@ def _read_label_png(path: Path) -> np.ndarray:
 
 def _label_path(root: Path, name: str, image_roots: Optional[Mapping[str, str]]) -> Path:
     p = Path(name)
-    if p.is_absolute():
+    if p.is_absolute() or p.exists():  # BaseDataset already resolves maskname/partname under the data root
         return p
     base = Path((image_roots or {}).get(UPI_S1H_FOLDER) or root / UPI_S1H_FOLDER)
     return base / p
