@@ -402,7 +402,8 @@ def _enforce_min_keep(pruner, group, original: dict[nn.Module, int], min_keep: f
     allowed = current - _min_keep_count(original.get(root, current), min_keep, round_to)
     if len(idxs) <= allowed:
         return group
-    if allowed <= 0:
+    if allowed <= 0 or pruner._get_channel_groups(group) > 1:
+        # grouped convs must lose the same channels in every group; rather than re-deriving that, keep the layer
         log.info("min keep: %s stays at %d channels", name, current)
         return None
     full = graph.get_pruning_group(root, fn, list(range(current)))
