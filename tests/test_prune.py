@@ -72,11 +72,8 @@ def assert_soft_mask_equivalent(model, pruned, summary, img):
     for key in ("pose6d", "betas", "cam"):
         scale = b[key].abs().max().clamp_min(1e-6)
         assert ((a[key] - b[key]).abs().max() / scale) < 1e-4, key
-    # the pruned features are the masked model's features at the kept channels, the others are zero
-    f = summary["kept_channels"]
     width = a["features"].shape[1]
     assert width == pruned.get_submodule(pruned.concat_layers[0]).in_features - 157
-    return width, f
 
 
 def prune_checked(name, *, ratio, global_, img, **extra):
@@ -349,3 +346,14 @@ def test_prune_to_a_parameter_budget(img):
     assert looser["after"]["params_total"] > 0.6 * 41_693
     with pytest.raises(UserError, match="out of reach"):
         prune_model(model, PruneSpec(target=PruneTarget(params=100)), img)
+
+
+def test_logits_mode_prunes_through_the_classifier(img):
+    # torch_pruning_notes.md section 6: the full torchvision MobileNetV2 (1000 logits into fc1), heads ignored
+    model = create_model("hmr_mobilenet_v2", encoder_head="logits", img_res=RES)
+    _randomise_bn(model)
+    for ratio, expected in ((0.3, 2_975_371), (0.5, 1_581_361)):
+        pruned, summary = prune_model(model, {"ratio": ratio}, img, track_channels=True)
+        assert summary["after"]["params_total"] == expected
+        assert summary["after"]["features"] == int(1000 * (1 - ratio))
+        assert_soft_mask_equivalent(model, pruned, summary, img)
