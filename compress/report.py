@@ -134,9 +134,13 @@ def _parent_ref(meta: dict) -> str | None:
 
 
 def _resolve_ref(ref: str, child: Path, runs_dir: Path) -> Path | None:
-    """A recorded parent path -> an existing file: as written, from the project root, or next to the child."""
+    """A recorded parent path -> an existing file: as written, from the project root, next to the child, or
+    its tail under runs_dir."""
     p = Path(ref)
     candidates = [p] if p.is_absolute() else [p, runs_dir.parent / p, child.parent / p, child.parent.parent / p]
+    # Runs moved or reported from another working directory: the recorded path's tail under runs_dir
+    # (at least <run>/<file>, longest first).
+    candidates += [runs_dir / Path(*p.parts[i:]) for i in range(1, len(p.parts) - 1)]
     for c in candidates:
         if c.is_dir():
             c = _checkpoint_of_dir(c)

@@ -184,6 +184,9 @@ def test_csv_has_units_and_the_same_numbers(runs):
 def test_explicit_run_and_baseline(runs):
     rows = collect_rows([runs["dir"] / "p1"], runs_dir=runs["dir"])
     assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)"]
+    rows = collect_rows([runs["p2"]], runs_dir=runs["dir"])  # a checkpoint file: it and its ancestors
+    assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)", "P2"]
+    assert [r["stage"] for r in collect_rows(["latest"], runs_dir=runs["dir"])][-1] == "P2+FT(8)"
     # Against P1+FT(20) as the baseline: its own row is the reference, P2+FT(8) is compared with it.
     rows = collect_rows(["p2"], baseline=runs["ft1"], runs_dir=runs["dir"])
     assert rows[0]["checkpoint"] == str(runs["ft1"].resolve()) and rows[0]["stage"] == "baseline"
@@ -395,3 +398,15 @@ def test_an_unreadable_checkpoint_is_one_clear_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint .*pruned.pt"):
         collect_rows(runs_dir=tmp_path / "runs")
+
+
+def test_moved_runs_still_find_their_parents(runs, tmp_path):
+    """Parents recorded as absolute paths of the old location are found by their <run>/<file> tail."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "runs"
+    shutil.copytree(runs["dir"], moved, symlinks=True)
+    shutil.rmtree(runs["dir"])
+    rows = collect_rows(["p2"], runs_dir=moved)
+    assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)", "P2", "P2+FT(8)"]
+    assert all(r["checkpoint"].startswith(str(moved.resolve())) for r in rows)
