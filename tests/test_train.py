@@ -111,10 +111,10 @@ def test_train_one_epoch_lowers_the_loss():
     loader = [ToyData(4)[i] for i in range(4)]
     batch = torch.utils.data.default_collate(loader)
     first = train_one_epoch(state, [batch], max_steps=1)["total"]
-    for _ in range(15):
-        stats = train_one_epoch(state, [batch] * 2)
-    assert stats["steps"] == 2 and state.step == 31
-    assert stats["total"] < 0.7 * first
+    for _ in range(4):
+        stats = train_one_epoch(state, [batch] * 3, max_steps=2)
+    assert stats["steps"] == 2 and state.step == 9
+    assert stats["total"] < 0.75 * first
     assert set(stats) >= {"kp2d", "kp3d", "pose", "betas", "cam", "total", "images_per_s", "time_s"}
 
 
