@@ -230,13 +230,20 @@ def _print_summary(title: str, result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=title, show_header=False)
+    metrics = result.get("metrics")
     for key, value in result.items():
+        if key == "metrics":
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
         elif isinstance(value, float):
             value = f"{value:.4g}"
         table.add_row(str(key), str(value))
     _console().print(table)
+    if metrics:
+        from compress.eval.protocols import format_results_table
+
+        _print_rows(format_results_table(metrics), title=f"{title}: evaluation")
 
 
 def _print_prune_summary(summary: dict) -> None:
