@@ -31,6 +31,13 @@ def test_load_face_labels_prefers_vertex_parts_and_reports_missing(tmp_path):
     faces = np.array([[0, 1, 2]])
     with pytest.raises(UserError, match="vertex_parts.npy"):
         load_face_labels(tmp_path, faces)
+    # a real SPIN root: per-face texture colours looked up in the colour cube
+    cube = np.zeros((100, 92, 17), dtype=np.uint8)
+    cube[20, 30, 5] = 6
+    np.save(tmp_path / "cube_parts.npy", cube)
+    np.save(tmp_path / "vertex_texture.npy", np.full((1, 1, 2, 2, 2, 3), [0.2, 0.3, 0.05]))
+    np.testing.assert_array_equal(load_face_labels(tmp_path, faces), [6])
+    # per-vertex labels (synthetic roots) take precedence
     (tmp_path / "smpl").mkdir()
     np.save(tmp_path / "smpl" / "vertex_parts.npy", np.array([5, 5, 1]))
     np.testing.assert_array_equal(load_face_labels(tmp_path, faces), [5])
