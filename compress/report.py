@@ -224,7 +224,8 @@ def stage_labels(chain: list[_Node]) -> list[str]:
     """baseline, P1, P1+FT(20), P2, P2+FT(8): prune rounds are counted along the chain."""
     labels, rounds, last = [], 0, ""
     for i, node in enumerate(chain):
-        kind = "baseline" if i == 0 else _kind(node.path, node.meta)
+        kind = _kind(node.path, node.meta)
+        kind = "baseline" if i == 0 and kind not in ("prune", "finetune") else kind
         if kind == "prune":
             rounds += 1
             last = f"P{rounds}"
@@ -312,7 +313,7 @@ def collect_rows(
         for ckpt in (run_checkpoints(target) if target.is_dir() else [target]):
             chain = graph.chain(ckpt)
             labels = stage_labels(chain)
-            root = base_path or chain[0].path
+            root = base_path or (chain[0].path if labels[0] == "baseline" else _virtual_root(chain[0].path))
             members = groups.setdefault(root, {})
             if base_path is not None and chain[0].path != base_path:
                 labels[0] = "trained"
@@ -323,7 +324,10 @@ def collect_rows(
     rows = []
     for root, members in groups.items():
         start = len(rows)
-        base_row = _row(graph.node(root), "baseline", runs_dir=runs_dir, retime=retime, device=device, onnx=onnx)
+        if root.name == VIRTUAL_ROOT:
+            base_row = _virtual_baseline(graph.node(root.parent), runs_dir=runs_dir)
+        else:
+            base_row = _row(graph.node(root), "baseline", runs_dir=runs_dir, retime=retime, device=device, onnx=onnx)
         rows.append(base_row)
         for path in _tree_order(members, graph, root, order):
             if path == root:
@@ -336,7 +340,7 @@ def collect_rows(
         if interleave:
             _interleave_latency(group, device=device)
         for row in group:
-            row["baseline"] = str(root)
+            row["baseline"] = base_row["checkpoint"]
             row["delta"] = {} if row is base_row else compute_delta(row, base_row)
             row["ratio"] = compute_ratios(row, base_row)
             _note_sample_mismatch(row, base_row)
@@ -344,11 +348,40 @@ def collect_rows(
     return rows
 
 
+VIRTUAL_ROOT = "(unpruned start)"
+
+
+def _virtual_root(first: Path) -> Path:
+    """The group key of a chain whose start was never saved (pruned from a fresh model, or a lost parent)."""
+    return first / VIRTUAL_ROOT
+
+
+def _virtual_baseline(first: _Node, *, runs_dir: Path) -> dict:
+    """A baseline row from the first pruned checkpoint's own record of the model before pruning (params, MACs)."""
+    before = _get(first.meta, ("prune", "before")) or {}
+    model = first.meta.get("model") if isinstance(first.meta.get("model"), dict) else {}
+    why = (f"baseline checkpoint {first.parent_ref} not found" if first.parent_ref else
+           f"no baseline checkpoint: {first.path.name} was pruned from a freshly initialised model")
+    row: dict[str, Any] = {
+        "run": _run_name(first.path, runs_dir), "stage": "baseline", "checkpoint": None,
+        "model": model.get("name"), "parent": None, "created": None, "img_res": None, "latency": None,
+        "params_total": before.get("params_total"), "params_encoder": before.get("params_encoder"),
+        "params_regressor": before.get("params_regressor"), "macs": before.get("macs"),
+        "latency_ms": None, "latency_b32_ms": None, "gpu_latency_ms": None, "onnx_latency_ms": None,
+        "peak_mem_mb": None, "metrics": {}, "metrics_source": {},
+        "notes": {"row": why + ("; params and MACs from its prune summary" if before else "")},
+    }
+    for col in COLUMNS:
+        if not _is_number(_get(row, col.path)):
+            row["notes"][col.key] = "no baseline checkpoint to measure"
+    return row
+
+
 def _tree_order(members: dict[Path, tuple[str, int]], graph: _Graph, root: Path, order: dict[Path, float]):
     """Depth-first from the root, so every descendant follows its parent; siblings from the latest run first."""
     children: dict[Path | None, list[Path]] = {}
     for path in members:
-        parent = graph.node(path).parent
+        parent = graph.node(path).parent if path.name != VIRTUAL_ROOT else None
         children.setdefault(parent if parent in members else None, []).append(path)
     out: list[Path] = []
 
@@ -859,7 +892,7 @@ def _footer(rows: list[dict], notes: _Footnotes) -> list[str]:
     lines += _hidden_reasons(rows)
     lines += _context_lines(rows)
     base = next((r for r in rows if r["stage"] == "baseline"), None)
-    if base:
+    if base and base.get("checkpoint"):
         lines.append(f"baseline: {base['checkpoint']}" + (f" ({base['model']})" if base.get("model") else ""))
     return lines
 
@@ -944,7 +977,7 @@ def make_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
         path = fn(rows, out_dir)
         if path:
             written.append(path)
-    run_dirs = {Path(r["checkpoint"]).parent for r in rows}
+    run_dirs = {Path(r["checkpoint"]).parent for r in rows if r.get("checkpoint")}
     for run_dir in sorted(run_dirs):
         path = plot_training_curve(run_dir, out_dir)
         if path:

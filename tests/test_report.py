@@ -204,7 +204,9 @@ def test_missing_parent_and_sample_mismatch_are_footnoted(tmp_path, monkeypatch)
     p1 = _save(r / "p1" / "pruned.pt", parent=gone, metrics={"3dpw": {"n": 5, "mpjpe_mm": 1.0, "pa_mpjpe_mm": 1.0}},
                profile=_profile(10, 10, 1.0, 1.0, 1.0))
     rows = collect_rows(runs_dir=r)
-    assert len(rows) == 1 and rows[0]["notes"]["row"].startswith("parent checkpoint")
+    assert [row["stage"] for row in rows] == ["baseline", "P1"] and rows[0]["checkpoint"] is None
+    assert rows[0]["notes"]["row"] == f"baseline checkpoint {gone} not found"
+    assert rows[1]["notes"]["row"].startswith("parent checkpoint") and rows[1]["delta"] == {}
     # a mismatch of sample counts is flagged next to the numbers it affects
     base = _save(r / "base" / "trained.pt", parent=None,
                  metrics={"3dpw": {"n": 7, "mpjpe_mm": 2.0, "pa_mpjpe_mm": 2.0}}, profile=_profile(20, 20, 2, 2, 2))
@@ -410,3 +412,26 @@ def test_moved_runs_still_find_their_parents(runs, tmp_path):
     rows = collect_rows(["p2"], runs_dir=moved)
     assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)", "P2", "P2+FT(8)"]
     assert all(r["checkpoint"].startswith(str(moved.resolve())) for r in rows)
+
+
+def test_pruned_from_a_fresh_model_compares_with_its_prune_summary(tmp_path, monkeypatch):
+    import compress.profile
+
+    monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: pytest.fail("re-timed"))
+    r = tmp_path / "runs"
+    before = {"params_total": 1000, "params_encoder": 700, "params_regressor": 300, "macs": 2_000_000_000}
+    p1 = _save(r / "smoke" / "pruned.pt", parent=None, metrics=None, stage="pruned",
+               prune={"before": before, "after": {}}, profile=_profile(800, 1_500_000_000, 8.0, 30.0, 150.0))
+    _save(r / "smoke" / "finetuned.pt", parent=p1, metrics=FT1_METRICS, stage="FT(1)",
+          profile=_profile(800, 1_500_000_000, 8.0, 30.0, 150.0))
+    rows = collect_rows(runs_dir=r)
+    assert [row["stage"] for row in rows] == ["baseline", "P1", "P1+FT(1)"]
+    base = rows[0]
+    assert base["checkpoint"] is None and base["params_total"] == 1000 and base["latency_ms"] is None
+    assert "freshly initialised" in base["notes"]["row"]
+    assert rows[1]["delta"]["params_total"] == {"abs": -200, "pct": -20.0, "better": True}
+    assert rows[1]["delta"]["macs"]["pct"] == -25.0 and "latency_ms" not in rows[1]["delta"]
+    md = render_markdown(rows)
+    assert "no baseline checkpoint to measure" in md and "freshly initialised" in md
+    assert "freshly initialised" in report.render_table(rows, color=False)
+    assert report.make_plots(rows, tmp_path / "plots")  # the latency bars still draw, without a reference
