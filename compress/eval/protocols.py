@@ -158,7 +158,6 @@ class _Bodies:
     def __init__(self, model_dir: str | Path, device: torch.device):
         self.model_dir, self.device = Path(model_dir), device
         self._models: dict[str, nn.Module] = {}
-        self._faces: Optional[np.ndarray] = None
 
     def __call__(self, gender: str) -> nn.Module:
         if gender not in self._models:
