@@ -241,3 +241,12 @@ def test_evaluate_checkpoint_as_the_cli_calls_it(synth_root, tmp_path):
     assert [res[k]["n"] for k in res] == [2, 2]
     direct = evaluate(model, synth_root, datasets=["h36m-p2"], img_res=64, subset=2)
     assert res["h36m-p2"]["mpjpe_mm"] == pytest.approx(direct["h36m-p2"]["mpjpe_mm"], rel=1e-5)
+
+
+def test_relative_data_root_finds_the_lsp_labels(synth_root, monkeypatch):
+    from compress.eval.protocols import evaluate
+
+    monkeypatch.chdir(synth_root.parent)
+    model = GroundTruthModel(synth_root, "lsp")
+    res = evaluate(model, synth_root.name, datasets=["lsp"], img_res=64, subset=1)
+    assert res["lsp"]["n"] == 1 and res["lsp"]["fb_acc"] > 98
