@@ -371,8 +371,8 @@ def _virtual_baseline(first: _Node, *, runs_dir: Path) -> dict:
         "peak_mem_mb": None, "metrics": {}, "metrics_source": {},
         "notes": {"row": why + ("; params and MACs from its prune summary" if before else "")},
     }
-    for col in COLUMNS:
-        if not _is_number(_get(row, col.path)):
+    for col in COLUMNS:  # the GPU and ONNX columns keep their own reasons (no CUDA, not requested)
+        if not _is_number(_get(row, col.path)) and col.key not in ("gpu_latency_ms", "onnx_latency_ms"):
             row["notes"][col.key] = "no baseline checkpoint to measure"
     return row
 
@@ -1010,16 +1010,19 @@ def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
         log.info("no PA-MPJPE with a parameter count: params-vs-error plot skipped")
         return None
     labels = _point_labels(rows)
+    big = max(r["params_total"] for r in rows if _is_number(r.get("params_total"))) >= 1e5
+    unit, div = ("M", 1e6) if big else ("K", 1e3)
     ncol = min(2, len(datasets))
     nrow = math.ceil(len(datasets) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 4.6 * nrow), squeeze=False)
     for ax, ds in zip(axes.flat, datasets):
         idx = [i for i, r in enumerate(rows)
                if _is_number(_get(r, ("metrics", ds, "pa_mpjpe_mm"))) and _is_number(r.get("params_total"))]
-        pts = [(rows[i]["params_total"] / 1e6, rows[i]["metrics"][ds]["pa_mpjpe_mm"]) for i in idx]
+        pts = [(rows[i]["params_total"] / div, rows[i]["metrics"][ds]["pa_mpjpe_mm"]) for i in idx]
         front = pareto_front(pts)
-        fx, fy = zip(*[pts[k] for k in front])
-        ax.step(fx, fy, where="post", color="tab:orange", lw=1.5, zorder=1, label="Pareto front")
+        if len(front) > 1:
+            fx, fy = zip(*[pts[k] for k in front])
+            ax.step(fx, fy, where="post", color="tab:orange", lw=1.5, zorder=1, label="Pareto front")
         for k, (i, (x, y)) in enumerate(zip(idx, pts)):
             on_front = k in front
             ax.scatter([x], [y], s=70 if on_front else 45, zorder=2,
@@ -1027,7 +1030,7 @@ def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
                        linewidths=1.2)
             ax.annotate(labels[i], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
         ax.set_title(f"{DATASET_TITLES.get(ds, ds)}: parameters vs PA-MPJPE")
-        ax.set_xlabel("parameters (M)")
+        ax.set_xlabel(f"parameters ({unit})")
         ax.set_ylabel("PA-MPJPE (mm, lower is better)")
         ax.grid(alpha=0.3)
         ax.margins(x=0.15, y=0.15)
@@ -1151,10 +1154,11 @@ def plot_training_curve(run_dir: Path, out_dir: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     steps, values = series["loss"]
-    ax.plot(steps, values, color="black", lw=1.8, label="total (weighted)")
+    marker = "o" if len(steps) <= 20 else None  # a handful of steps: show the points, a line alone may vanish
+    ax.plot(steps, values, color="black", lw=1.8, marker=marker, label="total (weighted)")
     for name, (s, v) in sorted(series.items()):
         if name != "loss" and any(v):  # terms switched off by their weight stay flat at 0: not worth a line
-            ax.plot(s, v, lw=0.9, alpha=0.7, label=name.replace("loss_", "").replace("loss/", ""))
+            ax.plot(s, v, lw=0.9, alpha=0.7, marker=marker, ms=4, label=name.replace("loss_", "").replace("loss/", ""))
     for step, epoch in _epoch_starts(records):
         ax.axvline(step, color="grey", lw=0.6, ls=":", zorder=0)
         ax.annotate(f"ep {epoch}", (step, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
