@@ -58,6 +58,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return _atomic(path, lambda f: torch.save(obj, f))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +73,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
