@@ -70,7 +70,7 @@ def loading_only(make_loader, *, batch_size: int, steps: int) -> float:
 
 
 def smpl_and_losses(state, batch: dict, *, steps: int) -> float:
-    """SMPL forward/backward + losses on fixed predictions (no model) -> images/s."""
+    """SMPL (the joints-only body model the loop uses) forward/backward + losses on fixed predictions -> images/s."""
     from compress.losses import compute_losses, spin_losses
 
     b = batch["img"].shape[0]
@@ -103,8 +103,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from compress.models import create_model
-    from compress.smpl import SMPL
-    from compress.train import DistInfo, loader_factory, make_state, train_dataset
+    from compress.train import DistInfo, loader_factory, make_state, train_dataset, training_smpl
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data) if args.data else Path(tmp) / "synthetic"
@@ -120,9 +119,12 @@ def main() -> None:
 
         torch.manual_seed(0)
         model = create_model(args.model, img_res=args.img_res)
-        state = make_state(model, SMPL(root), recipe.train, img_res=args.img_res, device=torch.device("cpu"),
-                           info=DistInfo())
+        state = make_state(model, training_smpl(root, recipe.train), recipe.train, img_res=args.img_res,
+                           device=torch.device("cpu"), info=DistInfo())
         dataset = train_dataset(recipe, img_res=args.img_res)
+        needed = args.batch_size * (args.steps + args.warmup + 1)
+        if len(dataset) < needed:  # the small root has a handful of samples: cycle through them
+            dataset = torch.utils.data.Subset(dataset, [i % len(dataset) for i in range(needed)])
         make_loader = loader_factory(dataset, batch_size=args.batch_size, workers=args.workers, seed=0,
                                      info=DistInfo())
         loop = full_loop(state, make_loader, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)

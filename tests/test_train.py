@@ -326,3 +326,21 @@ def test_static_fits_fill_samples_without_smpl(tmp_path):
     assert targets["has_smpl"].tolist() == [1.0, 1.0, 0.0]  # GT kept, no fit for mpii
     assert torch.allclose(targets["pose"][0], torch.from_numpy(augment_pose(fits[3, :72], 30.0, flip=True)))
     assert targets["betas"][0].abs().sum() == 0 and targets["pose"][1:].abs().sum() == 0
+
+
+def test_joints_only_smpl_matches_the_full_model(root):
+    from compress.geometry import batch_rodrigues
+    from compress.smpl import SMPL
+    from compress.train import SMPLJoints
+
+    smpl = SMPL(root)
+    fast = SMPLJoints(smpl)
+    g = torch.Generator().manual_seed(0)
+    rot = batch_rodrigues(torch.randn(3 * 24, 3, generator=g) * 0.5).view(3, 24, 3, 3).requires_grad_()
+    betas = torch.randn(3, 10, generator=g).requires_grad_()
+    full, joints = smpl(rot, betas).joints, fast(rot, betas).joints
+    assert joints.shape == (3, 49, 3) and fast(rot, betas).vertices is None
+    assert torch.allclose(joints, full, atol=1e-5)
+    g_full = torch.autograd.grad(full.square().sum(), [rot, betas])
+    g_fast = torch.autograd.grad(joints.square().sum(), [rot, betas])
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_full, g_fast))
