@@ -286,3 +286,14 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="not a synthetic data root"):
         generate_root(tmp_path, size="small")
     assert (tmp_path / "dataset_extras" / "h36m_train.npz").read_bytes() == b"real data"
+
+
+def test_progress_counts_every_image(tmp_path):
+    from compress.data.synthetic import total_samples
+
+    calls = []
+    generate_root(tmp_path / "r", size="small", seed=3, img_size=96, progress=lambda *a: calls.append(a))
+    assert calls[-1][1] == calls[-1][2] == total_samples("small")
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)
+    assert {c[0] for c in calls} >= {"3dpw_test", "h36m_valid_protocol1", "lsp_dataset_test", "coco_2014_train"}
+    assert Image.open(tmp_path / "r" / "lsp" / "images" / "im1001.jpg").size == (96, 96)

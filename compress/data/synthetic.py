@@ -35,6 +35,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -273,11 +274,13 @@ class _Batch:
 
 
 class _Synth:
-    def __init__(self, root: Path, img_size: int | None):
+    def __init__(self, root: Path, img_size: int | None, progress: Callable[[str, int, int], None] | None = None,
+                 total: int = 0):
         from compress.smpl import SMPL
 
         self.root = root
         self.img_size = img_size
+        self.progress, self.total, self.done, self.stage = progress, total, 0, ""
         self.models = {g: SMPL(root, gender=g) for g in ("neutral", "male", "female")}
         for m in self.models.values():
             m.eval()
@@ -421,6 +424,9 @@ def _generate(synth: _Synth, rng: np.random.Generator, n: int, *, masks: bool = 
         k = min(BATCH, n - start)
         sub = {key: (v[start:start + k] if isinstance(v, np.ndarray) else v) for key, v in kw.items()}
         out.append(synth.batch(rng, k, masks=masks, **sub))
+        synth.done += k
+        if synth.progress is not None:
+            synth.progress(synth.stage, synth.done, synth.total)
     return out
 
 
@@ -457,13 +463,17 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
     written: dict[str, int] = {}
     fits: dict[str, np.ndarray] = {}
 
+    def start(stem):
+        synth.stage = stem
+        return time.time()
+
     def done(stem, n, t0):
         written[stem] = n
         log.info("synthetic: %s (%d samples) in %.1fs (process CPU so far %.1fs)", stem, n, time.time() - t0,
                  time.process_time())
 
     # 3DPW: gendered models, SMPL GT, walking-like poses, mostly facing the camera.
-    t0, n, rng = time.time(), counts["3dpw_test"], rngs["3dpw_test"]
+    t0, n, rng = start("3dpw_test"), counts["3dpw_test"], rngs["3dpw_test"]
     genders = np.where(rng.uniform(size=n) < 0.5, "m", "f")
     batches = _generate(synth, rng, n, spread=0.6, yaw_sd=0.9, genders=genders)
     d = _concat(batches)
@@ -474,7 +484,7 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
     done("3dpw_test", n, t0)
 
     # H36M P1/P2: the same frames seen by four cameras around the subject; P2 = the last camera.
-    t0, n, rng = time.time(), counts["h36m_valid"], rngs["h36m_valid"]
+    t0, n, rng = start("h36m_valid_protocol1"), counts["h36m_valid"], rngs["h36m_valid"]
     body_pose = sample_body_pose(rng, n, spread=0.6)
     betas = np.clip(0.8 * rng.standard_normal((n, 10)), -2.5, 2.5)
     world = sample_global_orient(rng, n, yaw_sd=None)
@@ -498,7 +508,7 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
     done("h36m_valid_protocol1", len(p1_names), t0)
 
     # MPI-INF-3DHP test: 17-joint GT, calmer poses, any yaw.
-    t0, n, rng = time.time(), counts["mpi_inf_3dhp_valid"], rngs["mpi_inf_3dhp_valid"]
+    t0, n, rng = start("mpi_inf_3dhp_valid"), counts["mpi_inf_3dhp_valid"], rngs["mpi_inf_3dhp_valid"]
     batches = _generate(synth, rng, n, spread=0.8, yaw_sd=None)
     d = _concat(batches)
     imgnames = [f"mpi_inf_3dhp_test_set/TS{1 + i % 6}/imageSequence/img_{1 + i // 6:06d}.jpg" for i in range(n)]
@@ -509,7 +519,7 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
     done("mpi_inf_3dhp_valid", n, t0)
 
     # LSP test: images 1001.., silhouettes and part segmentations in upi-s1h.
-    t0, n, rng = time.time(), counts["lsp_dataset_test"], rngs["lsp_dataset_test"]
+    t0, n, rng = start("lsp_dataset_test"), counts["lsp_dataset_test"], rngs["lsp_dataset_test"]
     batches = _generate(synth, rng, n, masks=True, spread=1.0, yaw_sd=1.1)
     d = _concat(batches)
     ids = [1001 + i for i in range(n)]
@@ -526,7 +536,7 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
     done("lsp_dataset_test", n, t0)
 
     # Training sets.
-    t0, n, rng = time.time(), counts["h36m_train"], rngs["h36m_train"]
+    t0, n, rng = start("h36m_train"), counts["h36m_train"], rngs["h36m_train"]
     batches = _generate(synth, rng, n, spread=0.6, yaw_sd=None)
     d = _concat(batches)
     subj = ["S1", "S5", "S6", "S7", "S8"]
@@ -545,14 +555,14 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
         ("coco_2014_train", "coco", lambda i: f"train2014/COCO_train2014_{1000 + 37 * i:012d}.jpg", COCO_SET),
     ]
     for stem, key, namer, annotated in itw:
-        t0, n = time.time(), counts[stem]
+        t0, n = start(stem), counts[stem]
         fit_store: dict = {}
         _make_itw(synth, rngs[stem], root, stem, C.IMAGE_FOLDERS[key], n, [namer(i) for i in range(n)], annotated,
                   fits=fit_store)
         fits[key] = fit_store[stem]
         done(stem, n, t0)
 
-    t0, n, rng = time.time(), counts["mpi_inf_3dhp_train"], rngs["mpi_inf_3dhp_train"]
+    t0, n, rng = start("mpi_inf_3dhp_train"), counts["mpi_inf_3dhp_train"], rngs["mpi_inf_3dhp_train"]
     batches = _generate(synth, rng, n, spread=0.8, yaw_sd=None)
     d = _concat(batches)
     imgnames = [f"S{1 + i % 8}/Seq{1 + (i // 8) % 2}/imageFrames/video_{(i // 16) % 9}/frame_{1 + i:06d}.jpg"
@@ -585,12 +595,20 @@ def _complete(root: Path, manifest: dict) -> bool:
         (root / "dataset_extras" / f"{stem}.npz").is_file() for stem in old.get("files", {}))
 
 
+def total_samples(size: str) -> int:
+    """Number of rendered images of a root of this size (H36M eval frames are seen by four cameras)."""
+    counts = SIZES[size]
+    return sum(counts.values()) + 3 * counts["h36m_valid"]
+
+
 def generate_root(out: str | Path, *, size: str = "default", seed: int = 0, img_size: int | None = None,
-                  force: bool = False) -> Path:
+                  force: bool = False, progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Write a complete SPIN-layout synthetic data root to `out` and return its path.
 
-    size: "small" (a handful of samples per file, seconds) or "default" (~3k training and ~150 evaluation
-    images per set). An existing complete root with the same size/seed/img_size is kept unless `force`.
+    size: "small" (a handful of samples per file, seconds) or "default" (~2.4k training and ~150 evaluation
+    images per set). `img_size` fixes square images (default: random 160-240 px sides). An existing complete
+    root with the same size/seed/img_size is kept unless `force`. `progress(npz_stem, done, total)` is called
+    after every rendered batch, counting images over the whole root (total = total_samples(size)).
     """
     if size not in SIZES:
         raise UserError(f"unknown synthetic size {size!r}; choose one of {', '.join(SIZES)}")
@@ -617,7 +635,8 @@ def generate_root(out: str | Path, *, size: str = "default", seed: int = 0, img_
     threads = torch.get_num_threads()
     torch.set_num_threads(min(threads, 2))
     try:
-        written = _build_all(_Synth(root, img_size), root, SIZES[size], seed)
+        synth = _Synth(root, img_size, progress, total_samples(size))
+        written = _build_all(synth, root, SIZES[size], seed)
     finally:
         torch.set_num_threads(threads)
     manifest["files"] = written
