@@ -325,7 +325,7 @@ def collect_rows(
     for root, members in groups.items():
         start = len(rows)
         if root.name == VIRTUAL_ROOT:
-            base_row = _virtual_baseline(graph.node(root.parent), runs_dir=runs_dir)
+            base_row = _virtual_baseline(graph.node(root.parent), runs_dir=runs_dir, onnx=onnx)
         else:
             base_row = _row(graph.node(root), "baseline", runs_dir=runs_dir, retime=retime, device=device, onnx=onnx)
         rows.append(base_row)
@@ -356,7 +356,7 @@ def _virtual_root(first: Path) -> Path:
     return first / VIRTUAL_ROOT
 
 
-def _virtual_baseline(first: _Node, *, runs_dir: Path) -> dict:
+def _virtual_baseline(first: _Node, *, runs_dir: Path, onnx: bool) -> dict:
     """A baseline row from the first pruned checkpoint's own record of the model before pruning (params, MACs)."""
     before = _get(first.meta, ("prune", "before")) or {}
     model = first.meta.get("model") if isinstance(first.meta.get("model"), dict) else {}
@@ -371,9 +371,15 @@ def _virtual_baseline(first: _Node, *, runs_dir: Path) -> dict:
         "peak_mem_mb": None, "metrics": {}, "metrics_source": {},
         "notes": {"row": why + ("; params and MACs from its prune summary" if before else "")},
     }
-    for col in COLUMNS:  # the GPU and ONNX columns keep their own reasons (no CUDA, not requested)
-        if not _is_number(_get(row, col.path)) and col.key not in ("gpu_latency_ms", "onnx_latency_ms"):
+    import torch
+
+    skip = {"gpu_latency_ms"} if not torch.cuda.is_available() else set()
+    skip |= set() if onnx else {"onnx_latency_ms"}
+    for col in COLUMNS:
+        if not _is_number(_get(row, col.path)) and col.key not in skip:
             row["notes"][col.key] = "no baseline checkpoint to measure"
+    if not torch.cuda.is_available():
+        row["notes"]["gpu_latency_ms"] = "no CUDA"
     return row
 
 
@@ -700,13 +706,20 @@ def _note_resolution_mismatch(row: dict, base: dict) -> None:
 # ----------------------------------------------------------------------------------------------- cells
 
 
+def _num(x: float, digits: int, sign: str = "") -> str:
+    """Fixed decimals, but three significant digits below 0.1 so tiny models do not print as 0.000."""
+    if x != 0 and abs(x) < 0.1 and digits <= 3:
+        return f"{x:{sign}.3g}"
+    return f"{x:{sign},.{digits}f}"
+
+
 def _fmt(value: float, col: Column) -> str:
-    return f"{value * col.scale:,.{col.digits}f}"
+    return _num(value * col.scale, col.digits)
 
 
 def _fmt_delta(d: dict, col: Column) -> str:
     a = d["abs"] * col.scale
-    s = f"{a:+,.{col.digits}f}".replace("-", "−")
+    s = _num(a, col.digits, "+").replace("-", "−")
     if d["pct"] is not None:
         s += f" ({d['pct']:+.1f}%)".replace("-", "−")
     return s
