@@ -236,3 +236,18 @@ def test_save_rejects_objects_in_meta(tmp_path):
     with pytest.raises(TypeError, match="plain data"):
         save_checkpoint(_tiny(), tmp_path / "m.pt", metrics={"x": object()})
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("name", ["hmr_tiny", "hmr_mobilenet_v2"])
+def test_model_pruned_by_prune_model_rebuilds_bitwise(tmp_path, name):
+    from compress.prune import prune_model
+    from compress.recipe import PruneSpec
+
+    torch.manual_seed(0)
+    model = create_model(name, img_res=64).eval()
+    pruned, _ = prune_model(model, PruneSpec(ratio=0.3), _img()[:1])
+    pruned.eval()
+    assert model_widths(pruned) != model_widths(model)
+    loaded, _ = load_checkpoint(save_checkpoint(pruned, tmp_path / "pruned.pt"))
+    assert model_widths(loaded) == model_widths(pruned)
+    _assert_same(_outputs(pruned, _img()), _outputs(loaded, _img()))
