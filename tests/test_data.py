@@ -360,3 +360,25 @@ def test_cache_rebuilt_when_the_source_changes(root, tmp_path):
     np.testing.assert_allclose(_denorm(cached[0]["img"]), _denorm(raw[0]["img"]), atol=1.01)
     with pytest.raises(UserError, match="no dataset files"):
         build_cache(root, ["h36m-p1"], out=out, img_res=RES)
+
+
+# ----------------------------------------------------------------------------------------------- synthetic root
+
+
+def test_readers_read_the_synthetic_root_unchanged(tmp_path):
+    from compress.constants import EVAL_DATASETS, TRAIN_DATASETS
+    from compress.data.synthetic import generate_root
+
+    root = generate_root(tmp_path / "synth", size="small", seed=0)
+    for is_train, table in ((False, EVAL_DATASETS), (True, TRAIN_DATASETS)):
+        for key in table:
+            ds = BaseDataset(root, key, img_res=RES, is_train=is_train, augment=is_train)
+            item = ds[len(ds) - 1]
+            assert item["img"].shape == (3, RES, RES) and torch.isfinite(item["img"]).all(), key
+            assert item["keypoints"].shape == (49, 3) and item["pose_3d"].shape == (24, 4)
+            assert (item["orig_shape"] > 0).all()
+    lsp = BaseDataset(root, "lsp", img_res=RES, is_train=False, augment=False)[0]
+    assert Image.open(lsp["maskname"]).size == tuple(lsp["orig_shape"].tolist()[::-1])
+    mixed = MixedDataset(root, datasets=list(TRAIN_DATASETS), mix={"h36m": 0.3, "itw": 0.6, "mpi-inf-3dhp": 0.1},
+                         img_res=RES, cache=tmp_path / "cache")
+    assert len(mixed.datasets) == 6 and mixed[1]["img"].shape == (3, RES, RES)
