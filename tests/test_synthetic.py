@@ -48,6 +48,11 @@ def test_body_layout():
     height = d["v_template"][:, 1].max() - d["v_template"][:, 1].min()
     assert 1.6 < height < 1.85
     assert set(np.unique(body.part_labels)) == set(body_mod.LSP_PART_NAMES)
+    # pose correctives: small (under 1.5 cm for a 90 degree bend, whose diag(R - I) has two -1 entries) and
+    # only on the diagonal features
+    assert 0.002 < 2 * np.abs(d["posedirs"]).max() < 0.015
+    off_diag = [k for k in range(207) if k % 9 not in (0, 4, 8)]
+    assert not d["posedirs"][:, :, off_diag].any()
 
 
 def test_genders_differ_and_are_deterministic():
