@@ -1061,6 +1061,8 @@ def plot_pareto(rows: list[dict], out_dir: Path) -> Path | None:
 
 
 def plot_latency(rows: list[dict], out_dir: Path) -> Path | None:
+    """Horizontal bars of the median latency with p10-p90 whiskers, the speed-up over each row's baseline, and a
+    diamond where the latency would be if time scaled with MACs (baseline latency x MACs ratio)."""
     import matplotlib.pyplot as plt
 
     idx = [i for i, r in enumerate(rows) if _is_number(r.get("latency_ms"))]
@@ -1068,34 +1070,45 @@ def plot_latency(rows: list[dict], out_dir: Path) -> Path | None:
         log.info("no latency in any row: latency plot skipped")
         return None
     labels = _point_labels(rows)
+    bases = {r["checkpoint"]: r for r in rows if r["checkpoint"] == r.get("baseline")}
     panels = [("b1", "batch 1")] + ([("b32", "batch 32")] if any(_get(rows[i], ("latency", "b32")) for i in idx)
                                     else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 0.55 * len(idx) + 1.8), squeeze=False)
-    base = next((r for r in rows if r["stage"] == "baseline"), None)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 0.55 * len(idx) + 2.0), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
-        med, lo, hi, names = [], [], [], []
+        bars = []  # (label, median, p10, p90, speed-up or None, MACs-predicted latency or None)
         for i in idx:
-            stats = _get(rows[i], ("latency", key)) or ({"median_ms": rows[i]["latency_ms"]} if key == "b1" else None)
+            r = rows[i]
+            stats = _get(r, ("latency", key)) or ({"median_ms": r["latency_ms"]} if key == "b1" else None)
             if not stats:
                 continue
             m = stats["median_ms"]
-            med.append(m)
-            lo.append(m - stats.get("p10_ms", m))
-            hi.append(stats.get("p90_ms", m) - m)
-            names.append(labels[i])
-        y = list(range(len(med)))[::-1]
-        ax.barh(y, med, xerr=[lo, hi], color="tab:blue", alpha=0.8, capsize=3)
-        ref = _get(base, ("latency", key, "median_ms")) if base else None
-        for yy, m, h in zip(y, med, hi):
-            text = f"{m:.3g} ms" + (f"  {ref / m:.2f}x" if ref and m else "")
-            ax.text(m + h, yy, "  " + text, va="center", fontsize=8)
-        ax.set_yticks(y, names)
-        ax.set_xlabel("latency (ms): median, whiskers p10-p90; speed-up vs the baseline")
+            base = bases.get(r.get("baseline")) or {}
+            ref = _get(base, ("latency", key, "median_ms"))
+            macs, macs0 = r.get("macs"), base.get("macs")
+            expected = ref * macs / macs0 if _is_number(ref) and _is_number(macs) and _is_number(macs0) and macs0 \
+                else None
+            bars.append((labels[i], m, stats.get("p10_ms", m), stats.get("p90_ms", m),
+                         ref / m if _is_number(ref) and m and base is not r else None,
+                         expected if base is not r else None))
+        y = list(range(len(bars)))[::-1]
+        med = [b[1] for b in bars]
+        ax.barh(y, med, xerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]], color="tab:blue",
+                alpha=0.8, capsize=3, label="median (p10-p90)")
+        exp = [(yy, b[5]) for yy, b in zip(y, bars) if b[5] is not None]
+        if exp:
+            ax.scatter([e[1] for e in exp], [e[0] for e in exp], marker="D", s=28, color="tab:orange",
+                       edgecolors="black", zorder=3, label="if time scaled with MACs")
+        for yy, b in zip(y, bars):
+            text = f"{b[1]:.3g} ms" + (f"  {b[4]:.2f}x" if b[4] else "")
+            ax.text(max(b[3], b[5] or 0), yy, "  " + text, va="center", fontsize=8)
+        ax.set_yticks(y, [b[0] for b in bars])
+        ax.set_xlabel("latency (ms); text: median and speed-up over the baseline")
         lat = next((rows[i]["latency"] for i in idx if rows[i].get("latency")), {})
         how = "rows timed in alternation" if lat.get("method") == "interleaved" else "each timed alone"
         ax.set_title(f"{title} on {lat.get('device', 'cpu')}, {lat.get('threads', '?')} thread(s), {how}", fontsize=10)
-        ax.set_xlim(0, max(m + h for m, h in zip(med, hi)) * 1.4)
+        ax.set_xlim(0, max(max(b[3], b[5] or 0) for b in bars) * 1.45)
         ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = out_dir / "latency.png"
     fig.savefig(path, dpi=120)
