@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -213,7 +214,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _plain(obj: Any) -> Any:
-    """Meta data as weights_only-safe plain values (dataclasses -> dict, Path -> str, tuples -> lists)."""
+    """Meta data as weights_only-safe plain values (dataclasses -> dict, Path -> str, tuples -> lists,
+    numpy arrays -> tensors, numpy scalars -> Python numbers); any other object is refused."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         from compress.recipe import recipe_to_dict
 
@@ -224,7 +226,9 @@ def _plain(obj: Any) -> Any:
         return [_plain(v) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):  # numpy scalars
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor)):
         return obj

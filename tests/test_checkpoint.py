@@ -232,6 +232,16 @@ def test_resolve_checkpoint_run_dir(tmp_path):
     assert resolve_checkpoint(run / "pruned.pt") == run / "pruned.pt"
 
 
+def test_meta_is_made_weights_only_safe(tmp_path):
+    import numpy as np
+
+    path = save_checkpoint(_tiny(), tmp_path / "m.pt", metrics={"a": np.float32(1.5)}, rng=np.arange(3),
+                           note=("x", tmp_path))
+    _, meta = load_checkpoint(path)
+    assert meta["metrics"] == {"a": 1.5} and type(meta["metrics"]["a"]) is float
+    assert torch.equal(meta["rng"], torch.arange(3)) and meta["note"] == ["x", str(tmp_path)]
+
+
 def test_save_rejects_objects_in_meta(tmp_path):
     with pytest.raises(TypeError, match="plain data"):
         save_checkpoint(_tiny(), tmp_path / "m.pt", metrics={"x": object()})
