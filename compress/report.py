@@ -904,8 +904,7 @@ def _footer(rows: list[dict], notes: _Footnotes) -> list[str]:
     lines = [f"{str(i + 1).translate(SUPERSCRIPTS)} {why}" for i, why in enumerate(notes.reasons)]
     lines += _hidden_reasons(rows)
     lines += _context_lines(rows)
-    base = next((r for r in rows if r["stage"] == "baseline"), None)
-    if base and base.get("checkpoint"):
+    for base in (r for r in rows if r.get("checkpoint") and r["checkpoint"] == r.get("baseline")):
         lines.append(f"baseline: {base['checkpoint']}" + (f" ({base['model']})" if base.get("model") else ""))
     return lines
 
