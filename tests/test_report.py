@@ -435,3 +435,20 @@ def test_pruned_from_a_fresh_model_compares_with_its_prune_summary(tmp_path, mon
     assert "no baseline checkpoint to measure" in md and "freshly initialised" in md
     assert "freshly initialised" in report.render_table(rows, color=False)
     assert report.make_plots(rows, tmp_path / "plots")  # the latency bars still draw, without a reference
+
+
+def test_two_baselines_two_groups(tmp_path, monkeypatch):
+    import compress.profile
+
+    monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: pytest.fail("re-timed"))
+    r = tmp_path / "runs"
+    a = _save(r / "a_base" / "trained.pt", parent=None, metrics=BASE_METRICS, profile=_profile(1000, 10, 1.0, 1, 1))
+    b = _save(r / "b_base" / "trained.pt", parent=None, metrics=BASE_METRICS, profile=_profile(4000, 40, 4.0, 4, 4))
+    _save(r / "a_p1" / "pruned.pt", parent=a, metrics=None, profile=_profile(500, 5, 0.5, 1, 1))
+    _save(r / "b_p1" / "pruned.pt", parent=b, metrics=None, profile=_profile(1000, 10, 1.0, 4, 4))
+    rows = collect_rows(["b_p1", "a_p1"], runs_dir=r)
+    assert [(row["run"], row["stage"]) for row in rows] == [("b_base", "baseline"), ("b_p1", "P1"),
+                                                            ("a_base", "baseline"), ("a_p1", "P1")]
+    assert rows[1]["delta"]["params_total"]["pct"] == -75.0 and rows[3]["delta"]["params_total"]["pct"] == -50.0
+    assert rows[1]["baseline"] == str(b.resolve()) and rows[3]["ratio"]["macs"] == 2.0
+    assert render_markdown(rows).count("- baseline: ") == 2
