@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -166,7 +167,6 @@ class EvalSpec:
     subset: Optional[int] = opt(None, "first N samples of each dataset (null: all)", ge=1)
     workers: int = opt(2, "DataLoader worker processes", ge=0)
 
-
     def check(self, given: frozenset[str]) -> list[str]:
         return _unknown_names("datasets", self.datasets, list(EVAL_DATASETS))
 
@@ -223,13 +223,15 @@ def _convert_scalar(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         return value
     if tp is float and isinstance(value, str):
         try:  # PyYAML reads `5e-5` (no dot) as a string; accept it for float fields
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
-    ok = isinstance(value, tp) and not (isinstance(value, bool) and tp is not bool)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            errors.append(f"{path}: must be a finite number, got {value}")
+            return None
         return float(value)
-    if not ok:
+    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
         errors.append(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
         return None
     return value

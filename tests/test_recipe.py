@@ -111,6 +111,8 @@ def test_overrides_parse_yaml_scalars_with_types(tmp_path):
     assert recipe.data.train_datasets == ["h36m", "coco"]
     with pytest.raises(UserError, match="finetune.epochs: expected int, got 'many'"):
         load_recipe(path, overrides=["finetune.epochs=many"])
+    with pytest.raises(UserError, match="finetune.lr: must be a finite number, got inf"):
+        load_recipe(path, overrides=["finetune.lr=.inf"])
     with pytest.raises(UserError, match="expects key.path=value"):
         load_recipe(path, overrides=["finetune.epochs"])
     with pytest.raises(UserError, match="finetune.epochs is a value, not a section"):
