@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from compress.constants import EVAL_DATASETS, TRAIN_DATASETS
+from compress.constants import EVAL_DATASETS, IMAGE_FOLDERS, TRAIN_DATASETS, UPI_S1H_FOLDER
 from compress.errors import UserError
 
 DATA_ROOT_ENV = "COMPRESS_DATA_ROOT"
@@ -61,7 +61,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DataSpec:
     root: str = opt("data/synthetic", f"SPIN-layout data root; ${DATA_ROOT_ENV} or --data override it")
-    image_roots: Dict[str, str] = opt({}, "dataset key -> image folder, for datasets stored elsewhere")
+    image_roots: Dict[str, str] = opt({}, "dataset key (or upi-s1h) -> image folder, for datasets stored elsewhere")
     train_datasets: List[str] = opt(
         ["h36m", "lsp-orig", "mpii", "lspet", "coco", "mpi-inf-3dhp"], "training datasets (SPIN's mixed set)")
     mix: Dict[str, float] = opt(
@@ -74,6 +74,7 @@ class DataSpec:
     def check(self, given: frozenset[str]) -> list[str]:
         errors = _unknown_names("train_datasets", self.train_datasets, list(TRAIN_DATASETS))
         errors += _unknown_names("mix", list(self.mix), ["itw", *TRAIN_DATASETS])
+        errors += _unknown_names("image_roots", list(self.image_roots), [*IMAGE_FOLDERS, UPI_S1H_FOLDER])
         errors += [f"mix.{k}: must be >= 0, got {v}" for k, v in self.mix.items() if v < 0]
         if self.mix and sum(self.mix.values()) <= 0:
             errors.append("mix: the proportions must not all be zero")

@@ -58,12 +58,12 @@ def test_all_errors_reported_at_once_with_paths_and_hints():
         "model": {"img_rez": 64, "img_res": "big"},
         "prune": {"importance": "l3", "ratio": 1.5, "round_to": 3, "globl": True},
         "train": {"epochs": 2.5, "amp": 1, "distill": {"teacher": 3}},
-        "data": {"mix": {"h36n": 0.3}},
+        "data": {"mix": {"h36n": 0.3}, "image_roots": {"cocoo": "/x"}},
     }
     with pytest.raises(UserError) as info:
         recipe_from_dict(bad)
     lines = str(info.value).splitlines()
-    assert lines[0] == "recipe: 11 problems:"
+    assert lines[0] == "recipe: 12 problems:"
     text = str(info.value)
     for expected in [
         "modle: unknown key (did you mean 'model'?)",
@@ -77,6 +77,7 @@ def test_all_errors_reported_at_once_with_paths_and_hints():
         "train.amp: expected bool, got 1 (int)",
         "train.distill.teacher: expected str, got 3 (int)",
         "data.mix: unknown name 'h36n' (did you mean 'h36m'?)",
+        "data.image_roots: unknown name 'cocoo' (did you mean 'coco'?)",
     ]:
         assert expected in text
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from compress.constants import J24_FLIP_PERM, J49_FLIP_PERM, SMPL_POSE_FLIP_PERM
+from compress.constants import IMG_NORM_MEAN, IMG_NORM_STD, J24_FLIP_PERM, J49_FLIP_PERM, SMPL_POSE_FLIP_PERM
 
 # SPIN's augmentation defaults (utils/train_options.py): noise_factor, rot_factor, scale_factor; rotation is
 # zeroed with probability 0.6.
@@ -134,8 +134,6 @@ def crop_image(image: Image.Image | np.ndarray, center, scale: float, res: int, 
 
 def to_tensor_image(crop: np.ndarray, *, flip: bool, pn=(1.0, 1.0, 1.0)) -> np.ndarray:
     """uint8 (R, R, 3) crop -> float32 (3, R, R): optional flip, pixel noise, /255, ImageNet normalisation."""
-    from compress.constants import IMG_NORM_MEAN, IMG_NORM_STD
-
     img = crop[:, ::-1] if flip else crop
     img = np.clip(img.astype(np.float32) * np.asarray(pn, np.float32), 0, 255) / 255.0
     img = (img - np.asarray(IMG_NORM_MEAN, np.float32)) / np.asarray(IMG_NORM_STD, np.float32)
