@@ -452,3 +452,9 @@ def test_two_baselines_two_groups(tmp_path, monkeypatch):
     assert rows[1]["delta"]["params_total"]["pct"] == -75.0 and rows[3]["delta"]["params_total"]["pct"] == -50.0
     assert rows[1]["baseline"] == str(b.resolve()) and rows[3]["ratio"]["macs"] == 2.0
     assert render_markdown(rows).count("- baseline: ") == 2
+
+
+def test_json_is_strict_even_with_a_nan_metric(runs):
+    rows = collect_rows(["p1"], runs_dir=runs["dir"])
+    rows[2]["metrics"]["3dpw"]["pve_mm"] = float("nan")
+    assert json.loads(report.render_json(rows))[2]["metrics"]["3dpw"]["pve_mm"] is None
