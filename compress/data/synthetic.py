@@ -19,8 +19,9 @@ the camera frame. 3DPW samples are rendered with the gendered models, everything
 Evaluation files also carry the GT `pose`, `shape` and `cam` (extra keys) so a ground-truth "model" can be
 evaluated. The gendered models are the neutral one with a shifted shape mean (body.GENDER_BETAS), so a 3DPW
 sample's mesh equals the neutral model's with betas `shape + GENDER_BETAS[gender]`; with the GT betas as they are
-(what SPIN's protocol does to a perfect prediction) the neutral/gendered gap is ~18 mm MPJPE, ~6 mm PA-MPJPE. `static_fits/<dataset>_fits.npy` (N, 82) hold the exact pose+betas of the training sets (SPIN's
-static-fits layout), for trainers that use fits where `has_smpl` is 0.
+(what SPIN's protocol does to a perfect prediction) the neutral/gendered gap is ~18 mm MPJPE, ~6 mm PA-MPJPE.
+`static_fits/<dataset>_fits.npy` (N, 82) hold the exact pose+betas of the training sets (SPIN's static-fits
+layout), for trainers that use fits where `has_smpl` is 0.
 
 LSP test: `upi-s1h/data/lsp/imXXXX_segmentation.png` (0 background, 255 body) and
 `..._part_segmentation.png` (0 background, 1..6 = compress.data.body.LSP_PART_NAMES, 255 = ignore on part
@@ -370,12 +371,17 @@ def _ignore_part_borders(part: np.ndarray) -> np.ndarray:
     return out
 
 
+def _inside(xy: np.ndarray, hw: np.ndarray) -> np.ndarray:
+    """(n, k, 2) pixel points inside images of size hw (n, 2) = (H, W) -> (n, k) bool."""
+    return (xy >= 0).all(-1) & (xy[..., 0] < hw[:, None, 1]) & (xy[..., 1] < hw[:, None, 0])
+
+
 def _keypoints(b: _Batch, annotated: list[int]) -> np.ndarray:
     """J24 `part` (n, 24, 3): pixels + visibility (annotated joints inside the image)."""
     n = len(b.scale)
     part = np.zeros((n, 24, 3))
     xy = b.joints2d[:, 25:]
-    inside = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] < b.img_hw[:, None, 1]) & (xy[..., 1] < b.img_hw[:, None, 0])
+    inside = _inside(xy, b.img_hw)
     vis = np.zeros((n, 24), bool)
     vis[:, annotated] = True
     vis &= inside
@@ -389,8 +395,7 @@ def _openpose(rng: np.random.Generator, b: _Batch) -> np.ndarray:
     n = len(b.scale)
     xy = b.joints2d[:, :25] + rng.normal(0, 1.5, (n, 25, 2))
     conf = rng.uniform(0.3, 0.95, (n, 25))
-    inside = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] < b.img_hw[:, None, 1]) & (xy[..., 1] < b.img_hw[:, None, 0])
-    keep = inside & (rng.uniform(size=(n, 25)) > 0.12)
+    keep = _inside(xy, b.img_hw) & (rng.uniform(size=(n, 25)) > 0.12)
     return np.concatenate([xy * keep[..., None], (conf * keep)[..., None]], -1)
 
 
@@ -501,7 +506,8 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
         views.append((names_k, _concat(bs)))
     p1 = {f: np.concatenate([v[1][f] for v in views]) for f in views[0][1]}
     p1_names = [nm for v in views for nm in v[0]]
-    for stem, names_, d in (("h36m_valid_protocol1", p1_names, p1), ("h36m_valid_protocol2", views[-1][0], views[-1][1])):
+    p2_names, p2 = views[-1]
+    for stem, names_, d in (("h36m_valid_protocol1", p1_names, p1), ("h36m_valid_protocol2", p2_names, p2)):
         _write_npz(root, stem, {"imgname": np.array(names_), "center": d["center"], "scale": d["scale"], "S": d["S"],
                                 **_gt_extras(d)})
         written[stem] = len(names_)
