@@ -179,9 +179,10 @@ class DatasetCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._file, self._pid = None, None
+        self._matrices = self._orig = None
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_file": None, "_pid": None}
+        return {"path": self.path, "_file": None, "_pid": None, "_matrices": None, "_orig": None}
 
     def close(self) -> None:
         if self._file is not None:
@@ -193,13 +194,14 @@ class DatasetCache:
 
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            self._matrices, self._orig = self._file["matrices"][:], self._file["orig_shape"][:]  # small: keep in RAM
         return self._file
 
     def crop(self, index: int, matrix: np.ndarray, res: int) -> tuple[np.ndarray, tuple[int, int]]:
         """(res, res, 3) uint8 crop under `matrix` (image -> crop coordinates) and the original (H, W)."""
         f = self._h5()
-        rel = matrix @ np.linalg.inv(f["matrices"][index])  # cache-image -> crop coordinates
-        orig = tuple(int(v) for v in f["orig_shape"][index])
+        rel = matrix @ np.linalg.inv(self._matrices[index])  # cache-image -> crop coordinates
+        orig = (int(self._orig[index][0]), int(self._orig[index][1]))
         shift = -rel[:2, 2]
         side = f["images"].shape[1]
         exact = np.allclose(rel[:2, :2], np.eye(2), atol=1e-9) and np.allclose(shift, np.round(shift), atol=1e-6)

@@ -134,10 +134,16 @@ def crop_image(image: Image.Image | np.ndarray, center, scale: float, res: int, 
 
 def to_tensor_image(crop: np.ndarray, *, flip: bool, pn=(1.0, 1.0, 1.0)) -> np.ndarray:
     """uint8 (R, R, 3) crop -> float32 (3, R, R): optional flip, pixel noise, /255, ImageNet normalisation."""
-    img = crop[:, ::-1] if flip else crop
-    img = np.clip(img.astype(np.float32) * np.asarray(pn, np.float32), 0, 255) / 255.0
-    img = (img - np.asarray(IMG_NORM_MEAN, np.float32)) / np.asarray(IMG_NORM_STD, np.float32)
-    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+    chw = np.ascontiguousarray((crop[:, ::-1] if flip else crop).transpose(2, 0, 1))  # uint8: a cheap copy
+    img = chw.astype(np.float32)
+    pn = np.asarray(pn, np.float32)
+    if np.any(pn != 1):
+        img *= pn[:, None, None]
+        np.minimum(img, 255.0, out=img)  # SPIN clips to [0, 255] after the noise
+    std = np.asarray(IMG_NORM_STD, np.float32)[:, None, None]
+    img *= 1.0 / (255.0 * std)
+    img -= (np.asarray(IMG_NORM_MEAN, np.float32)[:, None, None] / std)
+    return img
 
 
 # ----------------------------------------------------------------------------------------------- annotations
