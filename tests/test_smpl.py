@@ -1,3 +1,4 @@
+import io
 import pickle
 import sys
 import textwrap
@@ -62,6 +63,35 @@ def test_chumpy_pickle_loads_without_chumpy(tmp_path, monkeypatch):
     assert sp.issparse(out["J_regressor"])
     np.testing.assert_array_equal(out["J_regressor"].toarray(), np.eye(2, 5))
     assert out["bs_type"] == "lrotmin"
+
+
+class _Py2StylePickler(pickle.Pickler):
+    """Writes arrays the way Python 2 numpy did: array bytes as a (latin-1) str."""
+
+    def reducer_override(self, obj):
+        if type(obj) is np.ndarray:
+            fn, args, state = obj.__reduce__()
+            state = (*state[:4], state[4].decode("latin1") if isinstance(state[4], bytes) else state[4])
+            return fn, args, state
+        return NotImplemented
+
+
+def test_python2_style_smpl_pickle(tmp_path, monkeypatch):
+    ch = _fake_chumpy(tmp_path, monkeypatch)
+    data = {"shapedirs": ch.Ch(np.arange(24.0).reshape(2, 3, 4)), "J_regressor": sp.csc_matrix(np.eye(3)),
+            "kintree_table": np.array([[4294967295, 0], [0, 1]]), "bs_style": "lbs"}
+    buf = io.BytesIO()
+    _Py2StylePickler(buf, protocol=2).dump(data)
+    # Python 2 module names, as in the official files (GLOBAL opcodes are newline-terminated text)
+    raw = buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    raw = raw.replace(b"scipy.sparse._csc\n", b"scipy.sparse.csc\n")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw and b"scipy.sparse.csc\n" in raw
+    path = tmp_path / "basicModel_neutral.pkl"
+    path.write_bytes(raw)
+    out = load_smpl_file(path)
+    np.testing.assert_array_equal(out["shapedirs"], np.arange(24.0).reshape(2, 3, 4))
+    np.testing.assert_array_equal(out["J_regressor"].toarray(), np.eye(3))
+    assert out["kintree_table"][0, 0] == 4294967295 and out["bs_style"] == "lbs"
 
 
 class _Evil:
