@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -150,18 +151,19 @@ def to_tensor_image(crop: np.ndarray, *, flip: bool, pn=(1.0, 1.0, 1.0)) -> np.n
 
 
 def keypoints_to_crop(kp: np.ndarray, matrix: np.ndarray, res: int, *, flip: bool,
-                      perm: list[int] = J49_FLIP_PERM) -> np.ndarray:
-    """(J, 3) image keypoints (x, y, conf) -> normalised crop keypoints `2*u/res - 1`; flip = perm + negate x."""
+                      perm: Optional[list[int]] = None) -> np.ndarray:
+    """(J, 3) image keypoints (x, y, conf) -> normalised crop keypoints `2*u/res - 1`; flip = perm (default
+    J49_FLIP_PERM) + negate x."""
     out = np.array(kp, dtype=np.float64, copy=True)
     out[:, :2] = 2.0 * transform_points(out[:, :2], matrix) / res - 1.0
     if flip:
-        out = flip_keypoints(out, perm)
+        out = flip_keypoints(out, J49_FLIP_PERM if perm is None else perm)
     return out.astype(np.float32)
 
 
 def flip_keypoints(kp: np.ndarray, perm: list[int]) -> np.ndarray:
     """Mirror normalised keypoints (or root-centred 3D joints): swap left/right with `perm`, negate x."""
-    out = kp[perm].copy()
+    out = kp[list(perm)].copy()
     out[:, 0] = -out[:, 0]
     return out
 
