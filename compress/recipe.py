@@ -93,9 +93,10 @@ class PruneTarget:
     latency_batch: int = opt(1, "batch size the latency target is measured at", ge=1)
 
     def check(self, given: frozenset[str]) -> list[str]:
-        set_ = [k for k in ("params", "macs", "params_ratio", "macs_ratio", "latency_ms") if getattr(self, k) is not None]
-        if len(set_) != 1:
-            return [f"give exactly one of params, macs, params_ratio, macs_ratio, latency_ms (got {set_ or 'none'})"]
+        figures = ("params", "macs", "params_ratio", "macs_ratio", "latency_ms")
+        given_ = [k for k in figures if getattr(self, k) is not None]
+        if len(given_) != 1:
+            return [f"give exactly one of {', '.join(figures)} (got {given_ or 'none'})"]
         return []
 
 

@@ -48,7 +48,8 @@ def _write_set(root, npz_name, folder, n, *, seed, fields=("part",), size=(90, 1
         "part": part, "openpose": np.concatenate([rng.uniform(20, 80, (n, 25, 2)), rng.uniform(0, 1, (n, 25, 1))], 2),
         "S": np.concatenate([rng.normal(0, 0.3, (n, 24, 3)), np.ones((n, 24, 1))], axis=2),
         "pose": rng.normal(0, 0.3, (n, 72)), "shape": rng.normal(0, 1, (n, 10)), "has_smpl": np.ones(n),
-        "gender": np.array(["m", "f"] * n)[:n], "maskname": np.array([f"lsp/im{i:04d}_segmentation.png" for i in range(n)]),
+        "gender": np.array(["m", "f"] * n)[:n],
+        "maskname": np.array([f"lsp/im{i:04d}_segmentation.png" for i in range(n)]),
         "partname": np.array([f"lsp/im{i:04d}_part_segmentation.png" for i in range(n)]),
     }
     data.update({k: extra[k] for k in fields})

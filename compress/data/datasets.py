@@ -149,8 +149,8 @@ class BaseDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, dataset_key: str, *, img_res: int, is_train: bool, augment: bool,
-                 image_roots: Optional[dict] = None, subset: Optional[int] = None, cache: bool | str | os.PathLike = False,
-                 seed: int = 0):
+                 image_roots: Optional[dict] = None, subset: Optional[int] = None,
+                 cache: bool | str | os.PathLike = False, seed: int = 0):
         self.root, self.key, self.img_res = Path(root), dataset_key, int(img_res)
         self.is_train, self.augment, self.seed = is_train, bool(augment and is_train), int(seed)
         self.ann = load_annotations(root, dataset_key, is_train=is_train)
