@@ -264,6 +264,47 @@ def _print_prune_summary(summary: dict) -> None:
         _console().print(f"[yellow]note:[/] {note}")
 
 
+def cmd_sensitivity(args) -> int:
+    from compress.sensitivity import format_sensitivity_table, recipe_snippet, run_sensitivity
+
+    ratios = _parse_floats(args.ratios, "--ratios")
+    budget = args.budget if args.budget is not None else min([0.2, *[r for r in ratios if r > 0]])
+    with _progress() as bar:
+        result = run_sensitivity(
+            args.checkpoint, root=data_root(args.data), ratios=ratios, subset=args.subset,
+            datasets=args.datasets.split(","), importance=args.importance, img_res=args.img_res, out_dir=args.out,
+            progress=_train_progress(bar, "sensitivity"), units=args.units.split(",") if args.units else None,
+            rank_by=args.rank_by, budget_ratio=budget, batch_size=args.batch_size, name=args.name,
+        )
+    if args.json:
+        _print_json(result)
+        return 0
+    from rich import box
+    from rich.table import Table
+
+    rows = format_sensitivity_table(result)
+    table = Table(title=f"sensitivity of {result['checkpoint']}", box=box.SIMPLE_HEAD,
+                  caption=f"baseline PA-MPJPE {result['baseline']['pa_mpjpe_mm']:.2f} mm; # 1 loses the least per "
+                          f"1% of {result['rank_by']} removed (prune it first); - removes nothing alone")
+    for i, head in enumerate(rows[0]):
+        table.add_column(head, justify="left" if i == 1 else "right", no_wrap=i == 1)
+    for row in rows[1:]:
+        table.add_row(*row)
+    _console().print(table)
+    _console().print(f"suggested prune section (channel-weighted average ratio {budget:g}):")
+    print(recipe_snippet(result["suggested"]["ratio_by_module"], budget_ratio=budget,
+                         importance=result["importance"]), end="")
+    _console().print(f"written: [bold]{result['json']}[/], [bold]{result['plot']}[/]")
+    return 0
+
+
+def _parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} expects comma-separated numbers, e.g. 0.1,0.2,0.4; got {text!r}") from None
+
+
 # ----------------------------------------------------------------------------------------------- report, export
 
 
@@ -383,6 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, data=True, recipe_set=True)
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("sensitivity", help="prune one layer group at a time, evaluate on a subset, rank; PNG + JSON")
+    p.add_argument("checkpoint", metavar="CKPT", help="our checkpoint, a run dir, or SPIN's file with --name")
+    _add_common(p, data=True)
+    p.add_argument("--ratios", default="0.1,0.2,0.4", help="channel ratios to test (default: %(default)s)")
+    p.add_argument("--subset", type=int, default=32, help="first N samples of each dataset (default: %(default)s)")
+    p.add_argument("--datasets", default="3dpw,h36m-p2", help="3D datasets averaged (default: %(default)s)")
+    p.add_argument("--importance", default="l2", help="channel importance: l1, l2, bn_scale, lamp, fpgm, random")
+    p.add_argument("--units", default=None,
+                   help="comma-separated module names (default: every encoder stage, fc1, fc2)")
+    p.add_argument("--rank-by", choices=["params", "macs"], default="params",
+                   help="rank by mm lost per %% of params or of MACs removed (default: %(default)s)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="average channel ratio of the suggested prune.ratio_by_module (default: 0.2, or the largest "
+                        "tested ratio if smaller)")
+    p.add_argument("--img-res", type=int, default=None, help="crop size (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--name", default=None, help="zoo model name for SPIN/bare checkpoints (e.g. hmr_resnet50)")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/sensitivity)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("report", help="before/after tables (params, MACs, latency, memory, metrics) vs the baseline")
     p.add_argument("runs", nargs="*", metavar="RUN", help="run directories or names (default: all under runs/)")
