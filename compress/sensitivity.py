@@ -13,7 +13,7 @@ least-squares slope through the origin of delta-PA-MPJPE against the removed sha
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +32,7 @@ RANK_BY = ("params", "macs")
 UNIT_SHARE = 0.5  # a module holding more than this share of the encoder's layers is split into its children
 NOISE_MM_PER_PCT = 0.01  # slopes (mm of PA-MPJPE per 1% removed) below this are treated as equal by suggest_ratios
 JSON_NAME = "sensitivity.json"
+QUIET_LOGGERS = ("compress.prune", "compress.eval.protocols")
 PLOT_NAME = "sensitivity.png"
 
 
@@ -163,27 +164,18 @@ def run_sensitivity(
 
     checkpoint: our checkpoint, a run directory, or a SPIN/bare file with `name=`. out_dir defaults to
     `<checkpoint folder>/sensitivity`. units: module names (default: `prunable_units`). budget_ratio: also store
-    `suggest_ratios(results, budget_ratio=...)`. Returns the results dict that is written to sensitivity.json.
+    `suggest_ratios(results, budget_ratio=...)` under "suggested". progress(done, total, info) after every
+    evaluation. Ratios of 0 are dropped (the baseline is always evaluated). Returns what sensitivity.json holds.
     """
     from compress.checkpoint import atomic_write_text, load_checkpoint, resolve_checkpoint
     from compress.eval.protocols import evaluate
-    from compress.prune import IMPORTANCES
+    from compress.prune import cost
 
     ratios = _check_ratios(ratios)
     datasets = _check_datasets(datasets)
-    if importance not in IMPORTANCES:
-        raise UserError(f"sensitivity: unknown importance {importance!r}; valid: {', '.join(IMPORTANCES)} "
-                        "(taylor needs calibration data: use `compress prune`)")
-    if importance == "taylor":
-        raise UserError("sensitivity: importance taylor needs calibration batches; use l1, l2, lamp, fpgm or bn_scale")
-    if rank_by not in RANK_BY:
-        raise UserError(f"sensitivity: rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
-    if subset < 1:
-        raise UserError(f"sensitivity: subset must be >= 1, got {subset}")
+    _check_options(importance=importance, rank_by=rank_by, subset=subset, budget_ratio=budget_ratio, ratios=ratios)
     path = resolve_checkpoint(checkpoint)
-    overrides = {"img_res": int(img_res)} if img_res else {}
-    model, _ = load_checkpoint(path, name=name, **overrides)
-    device = next(model.parameters()).device
+    model, _ = load_checkpoint(path, name=name, **({"img_res": int(img_res)} if img_res else {}))
     res = int(getattr(model, "img_res", img_res or 224))
     all_units = prunable_units(model)
     chosen = list(units) if units else all_units
@@ -191,59 +183,45 @@ def run_sensitivity(
     if unknown:
         raise UserError(f"sensitivity: not a unit of this model: {', '.join(unknown)}; valid: {', '.join(all_units)}")
     depthwise = {n for n, m in model.named_modules() if _is_depthwise(m)}
-    example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device)
+    example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0))
+    example = example.to(next(model.parameters()).device)
     total = 1 + len(chosen) * len(ratios)
-    done = 0
 
     def run_eval(m: nn.Module) -> dict:
-        return evaluate(m, root, datasets=datasets, img_res=res, subset=subset, batch_size=batch_size, strict=True)
+        with _quiet(QUIET_LOGGERS):
+            return evaluate(m, root, datasets=datasets, img_res=res, subset=subset, batch_size=batch_size,
+                            strict=True)
 
     base_metrics = run_eval(model)
-    from compress.prune import cost
-
-    base_cost = cost(model, example)
-    base_pa, base_mpjpe = _mean_metric(base_metrics, "pa_mpjpe_mm"), _mean_metric(base_metrics, "mpjpe_mm")
-    done += 1
+    base = {"pa_mpjpe_mm": _mean_metric(base_metrics, "pa_mpjpe_mm"),
+            "mpjpe_mm": _mean_metric(base_metrics, "mpjpe_mm")}
     if progress:
-        progress(done, total, {"PA-MPJPE mm": base_pa})
-
+        progress(1, total, {"PA-MPJPE mm": base["pa_mpjpe_mm"]})
     rows: list[dict] = []
     for unit in chosen:
         others = [u for u in all_units if u != unit]
         for ratio in ratios:
             row = {"unit": unit, "ratio": ratio}
             try:
-                pruned, summary = _prune_unit(model, unit, others, ratio, importance, example)
+                with _quiet(QUIET_LOGGERS):
+                    pruned, summary = _prune_unit(model, unit, others, ratio, importance, example)
             except UserError as exc:  # e.g. the ratio would empty a thin layer of this unit
                 log.warning("sensitivity: %s at ratio %g skipped: %s", unit, ratio, exc)
-                row.update(error=str(exc))
+                row["error"] = str(exc)
             else:
-                metrics = run_eval(pruned)
-                before, after = summary["before"], summary["after"]
-                removed, channels = _unit_channels(unit, summary["widths"], depthwise)
-                pa, mp = _mean_metric(metrics, "pa_mpjpe_mm"), _mean_metric(metrics, "mpjpe_mm")
-                row.update(
-                    params_removed=before["params_total"] - after["params_total"],
-                    macs_removed=before["macs"] - after["macs"],
-                    params_removed_pct=100.0 * (before["params_total"] - after["params_total"]) / before["params_total"],
-                    macs_removed_pct=100.0 * (before["macs"] - after["macs"]) / before["macs"] if before["macs"] else 0.0,
-                    channels_removed=removed, channels=channels,
-                    pa_mpjpe_mm=pa, mpjpe_mm=mp, delta_pa_mpjpe_mm=pa - base_pa, delta_mpjpe_mm=mp - base_mpjpe,
-                    metrics=metrics,
-                )
-                del pruned
+                row.update(_measure(unit, summary, run_eval(pruned), base, depthwise))
             rows.append(row)
-            done += 1
             if progress:
-                progress(done, total, {"ΔPA-MPJPE mm": row.get("delta_pa_mpjpe_mm", float("nan"))})
+                progress(1 + len(rows), total, {"ΔPA-MPJPE mm": row.get("delta_pa_mpjpe_mm", float("nan"))})
 
+    base_cost = cost(model, example)
     results = {
         "checkpoint": str(path),
         "model": getattr(model, "config", {}).get("name", type(model).__name__),
         "img_res": res, "datasets": datasets, "subset": subset, "importance": importance, "ratios": ratios,
         "rank_by": rank_by,
-        "baseline": {"pa_mpjpe_mm": base_pa, "mpjpe_mm": base_mpjpe, "params_total": base_cost["params_total"],
-                     "macs": base_cost["macs"], "metrics": base_metrics},
+        "baseline": {**base, "params_total": base_cost["params_total"], "macs": base_cost["macs"],
+                     "metrics": base_metrics},
         "units": _rank_units(chosen, rows, rank_by=rank_by),
         "rows": rows,
     }
@@ -255,13 +233,58 @@ def run_sensitivity(
     out.mkdir(parents=True, exist_ok=True)
     results["plot"] = str(plot_sensitivity(results, out / PLOT_NAME))
     results["json"] = str(out / JSON_NAME)
-    atomic_write_text(out / JSON_NAME, json.dumps(results, indent=2, allow_nan=False, default=_json_default))
+    atomic_write_text(out / JSON_NAME, json.dumps(results, indent=2, allow_nan=False))
     log.info("sensitivity: wrote %s and %s", results["json"], results["plot"])
     return results
 
 
-def _json_default(obj):
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+def _check_options(*, importance: str, rank_by: str, subset: int, budget_ratio: Optional[float],
+                   ratios: list[float]) -> None:
+    from compress.prune import IMPORTANCES
+
+    if importance not in IMPORTANCES:
+        raise UserError(f"sensitivity: unknown importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
+    if importance == "taylor":
+        raise UserError("sensitivity: importance taylor needs calibration batches; use l1, l2, lamp, fpgm or bn_scale")
+    if rank_by not in RANK_BY:
+        raise UserError(f"sensitivity: rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
+    if subset < 1:
+        raise UserError(f"sensitivity: subset must be >= 1, got {subset}")
+    if budget_ratio is not None and not 0 < budget_ratio <= max(ratios):
+        raise UserError(f"sensitivity: budget ratio {budget_ratio} must be in (0, {max(ratios)}] (the largest tested "
+                        "ratio; suggestions do not extrapolate)")
+
+
+def _measure(unit: str, summary: dict, metrics: dict, base: dict, depthwise: set[str]) -> dict:
+    """One row of the table from a prune summary and the pruned model's evaluation."""
+    before, after = summary["before"], summary["after"]
+    params, macs = before["params_total"] - after["params_total"], before["macs"] - after["macs"]
+    removed, channels = _unit_channels(unit, summary["widths"], depthwise)
+    pa, mp = _mean_metric(metrics, "pa_mpjpe_mm"), _mean_metric(metrics, "mpjpe_mm")
+    return {
+        "params_removed": params, "macs_removed": macs,
+        "params_removed_pct": 100.0 * params / before["params_total"],
+        "macs_removed_pct": 100.0 * macs / before["macs"] if before["macs"] else 0.0,
+        "channels_removed": removed, "channels": channels,
+        "pa_mpjpe_mm": pa, "mpjpe_mm": mp,
+        "delta_pa_mpjpe_mm": pa - base["pa_mpjpe_mm"], "delta_mpjpe_mm": mp - base["mpjpe_mm"],
+        "metrics": metrics,
+    }
+
+
+@contextlib.contextmanager
+def _quiet(names: Iterable[str]):
+    """Per-run INFO lines of prune and evaluate would bury the sweep's progress: show them only when debugging."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if not lg.isEnabledFor(logging.DEBUG):
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------- ranking
@@ -311,10 +334,10 @@ def suggest_ratios(results: Mapping, *, budget_ratio: float, max_ratio: Optional
                    noise_mm_per_pct: float = NOISE_MM_PER_PCT) -> dict[str, float]:
     """Per-unit ratios for a recipe's `prune.ratio_by_module`: least sensitive units pruned most.
 
-    Each measured unit u gets r_u = min(c / (s_u + s0), max_ratio), with s_u = max(0, its ranking slope) and
-    s0 = max(median positive slope, noise_mm_per_pct), so slopes below the noise level count as equal and one
-    near-zero slope does not take everything; c is found by bisection so that the average ratio weighted by each
-    unit's prunable channels equals `budget_ratio` (to rounding). max_ratio defaults to the largest tested ratio (no
+    Each measured unit u gets r_u = min(c / (s_u + s0), max_ratio), with s_u = max(its ranking slope,
+    noise_mm_per_pct) (slopes below the noise level count as equal) and s0 = the median s_u (so one near-zero slope
+    does not take everything); c is found by bisection so that the average ratio weighted by each unit's prunable
+    channels equals `budget_ratio` (to rounding). max_ratio defaults to the largest tested ratio (no
     extrapolation). Coupled units (nothing removable alone) are left out: they take the recipe's `prune.ratio`.
     Ratios are rounded to 3 decimals.
     """
@@ -328,9 +351,8 @@ def suggest_ratios(results: Mapping, *, budget_ratio: float, max_ratio: Optional
     units = [u for u in results["units"] if u.get("rank") is not None and u["channels"] > 0]
     if not units:
         raise UserError("sensitivity: no unit removed anything on its own; nothing to suggest")
-    slopes = [max(0.0, float(u[key])) for u in units]
-    positive = sorted(s for s in slopes if s > 0)
-    s0 = max(positive[len(positive) // 2] if positive else 0.0, noise_mm_per_pct, 1e-12)
+    slopes = [max(float(u[key]), noise_mm_per_pct, 1e-12) for u in units]
+    s0 = sorted(slopes)[len(slopes) // 2]
     weights = [float(u["channels"]) for u in units]
 
     def ratios_for(c: float) -> list[float]:
@@ -431,22 +453,20 @@ def plot_sensitivity(results: Mapping, path: str | Path) -> Path:
 
 
 def format_sensitivity_table(results: Mapping) -> list[list[str]]:
-    """Rows for a terminal table: a header, then one row per unit and ratio in rank order."""
-    head = ["rank", "unit", "ratio", "params removed", "MACs removed", "ΔPA-MPJPE mm", "ΔMPJPE mm",
-            "mm / 1% params"]
+    """Rows for a terminal table: a header, then one row per unit and ratio in rank order ('-': coupled)."""
+    head = ["#", "unit", "ratio", "params -", "MACs -", "ΔPA-MPJPE", "ΔMPJPE", "mm/1%"]
     ranks = {u["unit"]: u for u in results["units"]}
     rows = [head]
     for r in results["rows"]:
         unit = ranks[r["unit"]]
-        rank = str(unit["rank"]) if unit["rank"] is not None else "coupled"
+        rank = str(unit["rank"]) if unit["rank"] is not None else "-"
         if "error" in r:
-            rows.append([rank, r["unit"], f"{r['ratio']:g}", "refused", "-", "-", "-", "-"])
+            rows.append([rank, r["unit"], f"{r['ratio']:g}", "refused", "", "", "", ""])
             continue
+        pct = r["params_removed_pct"] if results.get("rank_by", "params") == "params" else r["macs_removed_pct"]
         rows.append([
-            rank, r["unit"], f"{r['ratio']:g}",
-            f"{r['params_removed']:,} ({r['params_removed_pct']:.1f}%)",
-            f"{r['macs_removed_pct']:.1f}%",
+            rank, r["unit"], f"{r['ratio']:g}", f"{r['params_removed_pct']:.1f}%", f"{r['macs_removed_pct']:.1f}%",
             f"{r['delta_pa_mpjpe_mm']:+.2f}", f"{r['delta_mpjpe_mm']:+.2f}",
-            f"{r['delta_pa_mpjpe_mm'] / r['params_removed_pct']:+.3f}" if r["params_removed_pct"] > 0 else "-",
+            f"{r['delta_pa_mpjpe_mm'] / pct:+.3f}" if pct > 0 else "",
         ])
     return rows
