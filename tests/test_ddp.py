@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent('''
     import torch
     from torch import nn
     from compress.models import create_model
-    from compress.train import DistInfo, FitOptions, fit, init_distributed, loader_factory, make_state, set_sync_batchnorm
+    from compress.train import FitOptions, fit, init_distributed, loader_factory, make_state, set_sync_batchnorm
 
     torch.set_num_threads(1)
     RES = 32
