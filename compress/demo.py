@@ -30,7 +30,7 @@ class DemoSize:
     lr: float
 
 
-QUICK = DemoSize(synth="small", data_root="data/synthetic-small", img_res=64, batch_size=8, train_epochs=2,
+QUICK = DemoSize(synth="small", data_root="data/synthetic-small", img_res=64, batch_size=4, train_epochs=2,
                  train_steps=6, ft_epochs=(2, 1), ft_steps=4, eval_subset=None, lr=1e-3)
 DEFAULT = DemoSize(synth="default", data_root="data/synthetic", img_res=128, batch_size=32, train_epochs=8,
                    train_steps=60, ft_epochs=(4, 2), ft_steps=40, eval_subset=None, lr=1e-3)
@@ -52,7 +52,7 @@ def run_demo(
     """Run (or resume) the demo pipeline; returns the report rows and where the outputs are."""
     from compress.data.synthetic import generate_root
     from compress.recipe import load_recipe
-    from compress.report import run_report
+    from compress.report import render_table, run_report
     from compress.train import run_finetune, run_train
 
     size = QUICK if quick else DEFAULT
@@ -72,8 +72,8 @@ def run_demo(
     p1 = _prune_and_finetune("mbv2_p1", out, base / "trained.pt", base / "trained.pt", common, size,
                              size.ft_epochs[0], bar)
     p2 = _prune_and_finetune("mbv2_p2", out, p1, base / "trained.pt", common, size, size.ft_epochs[1], bar)
-    rows, text = run_report([p2, p1], baseline=base / "trained.pt", fmt="md", plots=out / "plots", runs_dir=out)
-    return {"rows": rows, "report": text, "out": str(out), "data_root": str(root)}
+    rows, md = run_report([p2, p1], baseline=base / "trained.pt", fmt="md", plots=out / "plots", runs_dir=out)
+    return {"rows": rows, "report": render_table(rows), "markdown": md, "out": str(out), "data_root": str(root)}
 
 
 def _prune_and_finetune(name, out, start, teacher, common, size, epochs, bar) -> Path:
