@@ -319,7 +319,7 @@ class _Synth:
             hw = np.full((n, 2), self.img_size)
         else:
             hw = rng.integers(160, 241, (n, 2))
-        box_px = rng.uniform(0.65, 1.0, n) * hw.min(1)
+        box_px = rng.uniform(0.8, 1.1, n) * hw.min(1)  # the person fills the picture, as in LSP-style crops
         margin = box_px / 2.4
         center = np.stack([rng.uniform(margin, hw[:, 1] - margin), rng.uniform(margin, hw[:, 0] - margin)], 1)
         s = 2.0 / extent_m
