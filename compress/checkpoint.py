@@ -191,6 +191,9 @@ def apply_widths(model: nn.Module, widths: dict[str, dict]) -> nn.Module:
         old = modules.get(name)
         if old is None:
             raise UserError(f"the checkpoint has a layer {name!r} that {type(model).__name__} does not have")
+        if spec.get("type", type(old).__name__) != type(old).__name__:
+            raise UserError(f"layer {name!r} is a {spec['type']} in the checkpoint but a {type(old).__name__} in "
+                            f"{type(model).__name__}: another architecture")
         sizes = {k: v for k, v in spec.items() if k != "type"}
         if _module_sizes(old) == sizes:
             continue

@@ -117,6 +117,11 @@ def test_apply_widths_keeps_hyper_parameters_and_custom_rebuilders():
     assert (gn.num_groups, gn.num_channels, gn.eps) == (2, 4, 1e-4) and ln.eps == 1e-6
     assert {k: v for k, v in model_widths(net).items()} == widths
 
+    with pytest.raises(UserError, match="layer '1' is a Conv2d in the checkpoint but a BatchNorm2d"):
+        apply_widths(net, {"1": {"type": "Conv2d", "in": 4, "out": 4, "groups": 1}})
+    with pytest.raises(UserError, match="has a layer 'fc9'"):
+        apply_widths(net, {"fc9": {"type": "Linear", "in": 4, "out": 4}})
+
     custom = nn.Sequential(Scaled(8))
     with pytest.raises(UserError, match="REBUILDERS"):
         from compress.checkpoint import _rebuilder
