@@ -218,8 +218,14 @@ class _Evil:
 def test_malicious_pickle_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _Evil(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(UserError, match="refused"):
+    with pytest.raises(UserError, match="refused: the file asks for (posix|os|nt).system"):
         load_checkpoint(tmp_path / "evil.pt", name="hmr_tiny")
+    import pickle
+
+    with open(tmp_path / "evil_plain.pt", "wb") as f:  # a bare pickle, as legacy (non-zip) files are
+        pickle.dump({"payload": _Evil(marker)}, f, protocol=2)
+    with pytest.raises(UserError, match="refused"):
+        load_checkpoint(tmp_path / "evil_plain.pt", name="hmr_tiny")
     assert not marker.exists()
 
 
