@@ -335,8 +335,8 @@ def suggest_ratios(results: Mapping, *, budget_ratio: float, max_ratio: Optional
     """Per-unit ratios for a recipe's `prune.ratio_by_module`: least sensitive units pruned most.
 
     Each measured unit u gets r_u = min(c / (s_u + s0), max_ratio), with s_u = max(its ranking slope,
-    noise_mm_per_pct) (slopes below the noise level count as equal) and s0 = the median s_u (so one near-zero slope
-    does not take everything); c is found by bisection so that the average ratio weighted by each unit's prunable
+    noise_mm_per_pct) (slopes below the noise level count as equal) and s0 = the mean s_u (so near-zero slopes
+    do not take everything); c is found by bisection so that the average ratio weighted by each unit's prunable
     channels equals `budget_ratio` (to rounding). max_ratio defaults to the largest tested ratio (no
     extrapolation). Coupled units (nothing removable alone) are left out: they take the recipe's `prune.ratio`.
     Ratios are rounded to 3 decimals.
@@ -352,7 +352,7 @@ def suggest_ratios(results: Mapping, *, budget_ratio: float, max_ratio: Optional
     if not units:
         raise UserError("sensitivity: no unit removed anything on its own; nothing to suggest")
     slopes = [max(float(u[key]), noise_mm_per_pct, 1e-12) for u in units]
-    s0 = sorted(slopes)[len(slopes) // 2]
+    s0 = sum(slopes) / len(slopes)
     weights = [float(u["channels"]) for u in units]
 
     def ratios_for(c: float) -> list[float]:

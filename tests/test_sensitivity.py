@@ -195,3 +195,18 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(root, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("compress: error:") and "nope.pt" in err[0]
     assert main(["sensitivity", str(tmp_path / "nope.pt"), "--ratios", "0.1,x"]) == 2
+
+
+def test_suggested_snippet_is_a_recipe_prune_section_that_prunes(result):
+    import yaml
+
+    from compress.prune import prune_model
+    from compress.recipe import recipe_from_dict
+    from compress.sensitivity import recipe_snippet
+
+    ratios = result["suggested"]["ratio_by_module"]
+    recipe = recipe_from_dict(yaml.safe_load(recipe_snippet(ratios, budget_ratio=0.3)))
+    assert recipe.prune.ratio_by_module == ratios and recipe.prune.ratio == 0.3
+    model = create_model("hmr_tiny", img_res=RES)
+    _, summary = prune_model(model, recipe.prune, torch.randn(1, 3, RES, RES))
+    assert summary["after"]["params_total"] < summary["before"]["params_total"]
