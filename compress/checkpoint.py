@@ -85,27 +85,32 @@ def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
 # ----------------------------------------------------------------------------------------------- widths
 
 
-def _conv_sizes(m: nn.Module) -> dict:
-    return {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+def _conv_sizes(m: nn.Module) -> dict | None:
+    return None if m.transposed else {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+
+
+# Module type -> its structural sizes (plain ints only, weights_only-safe), the ones pruning can change. The MRO is
+# searched, so subclasses are covered; a custom layer type registers here and in REBUILDERS below.
+LAYER_SIZES: dict[type, Callable[[nn.Module], dict | None]] = {
+    nn.modules.conv._ConvNd: _conv_sizes,
+    nn.Linear: lambda m: {"in": m.in_features, "out": m.out_features},
+    nn.modules.batchnorm._NormBase: lambda m: {"num_features": m.num_features},
+    nn.LayerNorm: lambda m: {"normalized_shape": [int(s) for s in m.normalized_shape]},
+    nn.GroupNorm: lambda m: {"num_groups": m.num_groups, "num_channels": m.num_channels},
+    nn.PReLU: lambda m: {"num_parameters": m.num_parameters},
+    # ShuffleNet's shuffle: pruning shortens its permutation (compress.prune)
+    ChannelShuffle: lambda m: {"channels": m.perm.numel()},
+}
+
+
+def _lookup(table: dict, m: nn.Module):
+    return next((table[cls] for cls in type(m).__mro__ if cls in table), None)
 
 
 def _module_sizes(m: nn.Module) -> dict | None:
-    """Structural sizes of a layer whose shape pruning can change (plain ints only); None for other modules."""
-    if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
-        return _conv_sizes(m)
-    if isinstance(m, nn.Linear):
-        return {"in": m.in_features, "out": m.out_features}
-    if isinstance(m, nn.modules.batchnorm._NormBase):
-        return {"num_features": m.num_features}
-    if isinstance(m, nn.LayerNorm):
-        return {"normalized_shape": [int(s) for s in m.normalized_shape]}
-    if isinstance(m, nn.GroupNorm):
-        return {"num_groups": m.num_groups, "num_channels": m.num_channels}
-    if isinstance(m, nn.PReLU):
-        return {"num_parameters": m.num_parameters}
-    if isinstance(m, ChannelShuffle):  # ShuffleNet's shuffle: pruning shortens its permutation (compress.prune)
-        return {"channels": m.perm.numel()}
-    return None
+    """Structural sizes of a layer whose shape pruning can change; None for other modules."""
+    sizes = _lookup(LAYER_SIZES, m)
+    return sizes(m) if sizes is not None else None
 
 
 def model_widths(model: nn.Module) -> dict[str, dict]:
@@ -174,10 +179,11 @@ REBUILDERS: dict[type, Callable[[nn.Module, dict], nn.Module]] = {
 
 
 def _rebuilder(m: nn.Module) -> Callable[[nn.Module, dict], nn.Module]:
-    for cls in type(m).__mro__:
-        if cls in REBUILDERS:
-            return REBUILDERS[cls]
-    raise UserError(f"cannot rebuild layer type {type(m).__name__}: add a function to compress.checkpoint.REBUILDERS")
+    rebuild = _lookup(REBUILDERS, m)
+    if rebuild is None:
+        raise UserError(f"cannot rebuild layer type {type(m).__name__}: add a function to "
+                        "compress.checkpoint.REBUILDERS")
+    return rebuild
 
 
 def apply_widths(model: nn.Module, widths: dict[str, dict]) -> nn.Module:

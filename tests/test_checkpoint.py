@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from compress.checkpoint import (
-    FORMAT_VERSION, REBUILDERS, apply_widths, atomic_torch_save, atomic_write_text, load_checkpoint,
+    FORMAT_VERSION, LAYER_SIZES, REBUILDERS, apply_widths, atomic_torch_save, atomic_write_text, load_checkpoint,
     model_widths, resolve_checkpoint, save_checkpoint,
 )
 from compress.errors import UserError
@@ -127,15 +127,13 @@ def test_apply_widths_keeps_hyper_parameters_and_custom_rebuilders():
         from compress.checkpoint import _rebuilder
         _rebuilder(custom[0])
     REBUILDERS[Scaled] = lambda m, s: Scaled(s["n"])
+    LAYER_SIZES[Scaled] = lambda m: {"n": m.scale.numel()}
     try:
-        from compress import checkpoint as ck
-        old = ck._module_sizes
-        ck._module_sizes = lambda m: {"n": m.scale.numel()} if isinstance(m, Scaled) else old(m)
+        assert model_widths(custom) == {"0": {"type": "Scaled", "n": 8}}
         apply_widths(custom, {"0": {"type": "Scaled", "n": 3}})
         assert custom[0].scale.numel() == 3
     finally:
-        ck._module_sizes = old
-        del REBUILDERS[Scaled]
+        del REBUILDERS[Scaled], LAYER_SIZES[Scaled]
 
 
 def test_overrides_merge_over_stored(tmp_path):
