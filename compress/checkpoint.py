@@ -6,8 +6,10 @@ Our format (`format_version` 1) is `torch.save` of a plain dict, loadable with `
 
 `widths` records the structural size of every Conv/Linear/norm layer (`model_widths`), so a pruned model
 is rebuilt as `create_model(name, **overrides)` + `apply_widths` + a strict `load_state_dict`, without
-replaying pruning and without pickling modules. SPIN files (`{'model': state_dict, 'optimizer': ...}`) and
-bare state_dicts (optionally with DataParallel's `module.` prefix) load with `name=` given.
+replaying pruning and without pickling modules. A custom layer type whose size pruning changes registers how
+to read its sizes (`LAYER_SIZES`) and how to rebuild it (`REBUILDERS`). SPIN files
+(`{'model': state_dict, 'optimizer': ...}`) and bare state_dicts (optionally with DataParallel's `module.` prefix)
+load with `name=` given.
 
 Every failure a user can meet (missing, truncated or corrupted file, a pickle that asks to run code,
 a file that is not a checkpoint, another architecture) is a one-line `UserError` naming the file.

@@ -257,7 +257,7 @@ def test_save_rejects_objects_in_meta(tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
-@pytest.mark.parametrize("name", ["hmr_tiny", "hmr_mobilenet_v2"])
+@pytest.mark.parametrize("name", ["hmr_tiny", "hmr_mobilenet_v2", "hmr_shufflenet_v2_x0_5"])
 def test_model_pruned_by_prune_model_rebuilds_bitwise(tmp_path, name):
     from compress.prune import prune_model
     from compress.recipe import PruneSpec
