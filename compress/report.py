@@ -1109,7 +1109,7 @@ def plot_latency(rows: list[dict], out_dir: Path) -> Path | None:
             ax.scatter([e[1] for e in exp], [e[0] for e in exp], marker="D", s=28, color="tab:orange",
                        edgecolors="black", zorder=3, label="if time scaled with MACs")
         for yy, b in zip(y, bars):
-            text = f"{b[1]:.3g} ms" + (f"  {b[4]:.2f}x" if b[4] else "")
+            text = (f"{b[1]:,.0f}" if b[1] >= 100 else f"{b[1]:.3g}") + " ms" + (f"  {b[4]:.2f}x" if b[4] else "")
             ax.text(max(b[3], b[5] or 0), yy, "  " + text, va="center", fontsize=8)
         ax.set_yticks(y, [b[0] for b in bars])
         ax.set_xlabel("latency (ms); text: median and speed-up over the baseline")
