@@ -481,7 +481,7 @@ def _noise_notes(lat: dict, notes: dict[str, str]) -> None:
         med, p10, p90 = st.get("median_ms"), st.get("p10_ms"), st.get("p90_ms")
         if all(_is_number(v) for v in (med, p10, p90)) and med > 0 and (p90 - p10) / med > NOISY_SPREAD:
             notes[col] = (f"noisy timing: p10-p90 spread above {NOISY_SPREAD:.0%} of the median; "
-                          "re-run with --retime --interleave on a quiet machine")
+                          "compare with --interleave (all rows timed in alternation), on a quieter machine")
         elif notes.get(col, "").startswith("noisy"):
             del notes[col]
 
