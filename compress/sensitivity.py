@@ -314,7 +314,8 @@ def _rank_units(units: list[str], rows: list[dict], *, rank_by: str) -> list[dic
         }
         entries.append(entry)
     key = "mm_per_pct_params" if rank_by == "params" else "mm_per_pct_macs"
-    measured = sorted((e for e in entries if e["params_removed_max"] > 0), key=lambda e: (e[key], e["unit"]))
+    order = {u: i for i, u in enumerate(units)}  # ties (e.g. all zero) keep the forward order
+    measured = sorted((e for e in entries if e["params_removed_max"] > 0), key=lambda e: (e[key], order[e["unit"]]))
     for i, e in enumerate(measured, 1):
         e["rank"] = i
     for e in entries:
@@ -402,7 +403,7 @@ def plot_sensitivity(results: Mapping, path: str | Path) -> Path:
     by = {(r["unit"], r["ratio"]): r for r in results["rows"]}
     labels = [f"{u['rank']}. {u['unit']}" if u["rank"] is not None else f"-  {u['unit']} (coupled)"
               for u in results["units"]]
-    height = max(3.2, 0.34 * len(units) * max(1, len(ratios)) ** 0.5 + 1.6)
+    height = max(3.4, 1.8 + len(units) * (0.16 + 0.1 * len(ratios)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     y = list(range(len(units)))
     bar = 0.8 / len(ratios)
@@ -428,7 +429,8 @@ def plot_sensitivity(results: Mapping, path: str | Path) -> Path:
         if u["rank"] is None:
             note = "removes nothing alone (channels shared)" if not u["refused"] else "refused"
         else:
-            note = f"{u[key]:+.3g}  ({row.get('params_removed_pct', float('nan')):.1f}% params at {top:g})"
+            pct = row.get("params_removed_pct", float("nan"))
+            note = f"{u[key]:+.3g}  ({pct:.{1 if pct >= 1 else 2}f}% params at {top:g})"
         ax2.annotate(note, xy=(1.02, yy), xycoords=("axes fraction", "data"), va="center", fontsize=8,
                      color="dimgray", annotation_clip=False)
     ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))
@@ -440,7 +442,7 @@ def plot_sensitivity(results: Mapping, path: str | Path) -> Path:
     base = results["baseline"]
     fig.suptitle(f"{results['model']} @ {results['img_res']} px: pruning sensitivity "
                  f"(baseline PA-MPJPE {base['pa_mpjpe_mm']:.1f} mm, importance {results['importance']})", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout()  # also makes room for the suptitle
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")  # "tight" keeps the notes right of the slope panel
