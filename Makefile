@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch and torchvision first, so pip settles them before the rest (override, e.g. TORCH="torch==2.5.1 torchvision==0.20.1")
 TORCH  ?= torch>=2.1 torchvision>=0.16
 
-.PHONY: demo demo-quick test install bench clean-venv
+.PHONY: demo demo-quick test install bench readme clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+readme: $(STAMP)
+	$(BIN)/python -m compress.recipe README.md

@@ -1,0 +1,18 @@
+"""The README's generated parts and the two-command contract cannot drift."""
+from pathlib import Path
+
+from compress.recipe import readme_with_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_recipe_reference_is_current():
+    text = (ROOT / "README.md").read_text()
+    assert readme_with_reference(text) == text, "run `make readme` to regenerate the recipe reference"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make demo" in readme
+    assert "make test" in ci
