@@ -268,7 +268,7 @@ def cmd_sensitivity(args) -> int:
     from compress.sensitivity import format_sensitivity_table, recipe_snippet, run_sensitivity
 
     ratios = _parse_floats(args.ratios, "--ratios")
-    budget = args.budget if args.budget is not None else min([0.2, *[r for r in ratios if r > 0]])
+    budget = args.budget if args.budget is not None else min(0.2, max(ratios, default=0.2))
     with _progress() as bar:
         result = run_sensitivity(
             args.checkpoint, root=data_root(args.data), ratios=ratios, subset=args.subset,

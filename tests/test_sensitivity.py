@@ -173,15 +173,15 @@ def test_cli_writes_png_and_json(root, ckpt, tmp_path, capsys):
     from compress.cli import main
 
     out = tmp_path / "out"
-    argv = ["sensitivity", str(ckpt), "--data", str(root), "--ratios", "0.2,0.4", "--subset", "4",
+    argv = ["sensitivity", str(ckpt), "--data", str(root), "--ratios", "0.4,0.1", "--subset", "4",
             "--units", "fc1,encoder.res", "--out", str(out), "--json"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [(r["unit"], r["ratio"]) for r in printed["rows"]] == [(u, r) for u in
                                                                   [e["unit"] for e in printed["units"]]
-                                                                  for r in (0.2, 0.4)]
+                                                                  for r in (0.1, 0.4)]
     assert (out / "sensitivity.png").stat().st_size > 10_000
-    assert json.loads((out / "sensitivity.json").read_text())["suggested"]["budget_ratio"] == 0.2
+    assert json.loads((out / "sensitivity.json").read_text())["suggested"]["budget_ratio"] == 0.2  # the default
     # the table and the YAML snippet
     assert main(argv[:-1]) == 0
     text = capsys.readouterr().out
@@ -195,6 +195,7 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(root, tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("compress: error:") and "nope.pt" in err[0]
     assert main(["sensitivity", str(tmp_path / "nope.pt"), "--ratios", "0.1,x"]) == 2
+    assert main(["sensitivity", str(tmp_path / "nope.pt"), "--ratios", "0"]) == 2  # nothing to test
 
 
 def test_suggested_snippet_is_a_recipe_prune_section_that_prunes(result):
