@@ -635,7 +635,8 @@ def compute_delta(row: dict, base: dict) -> dict:
 
 def _delta_of(value: Any, base: Any, key: str) -> dict | None:
     if isinstance(value, dict) and isinstance(base, dict):
-        nested = {k: _delta_of(value[k], base[k], k) for k in value if k in base and k not in NOT_COMPARED}
+        nested = {k: _delta_of(value[k], base[k], k) for k in value
+                  if k in base and k not in NOT_COMPARED and not k.startswith("n_")}  # n, n_pve: sample counts
         nested = {k: v for k, v in nested.items() if v is not None}
         return nested or None
     if not (_is_number(value) and _is_number(base)):

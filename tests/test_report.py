@@ -115,6 +115,8 @@ def test_deltas_by_construction(runs):
     assert d["metrics"]["lsp"]["fb_f1"]["better"] is False
     assert d["metrics"]["lsp"]["parts_f1"]["pct"] == pytest.approx(10.0)
     assert "n" not in d["metrics"]["3dpw"]
+    assert "n_pve" not in compute_delta({"metrics": {"3dpw": {"n_pve": 3, "pve_mm": 1.0}}},
+                                        {"metrics": {"3dpw": {"n_pve": 4, "pve_mm": 2.0}}})["metrics"]["3dpw"]
     assert d["params_total"] == {"abs": -200, "pct": -20.0, "better": True}
     assert d["macs"]["pct"] == -25.0
     assert d["latency_ms"] == {"abs": 2.5, "pct": 25.0, "better": False}
