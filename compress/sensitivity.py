@@ -137,7 +137,9 @@ def _prune_unit(model: nn.Module, unit: str, others: list[str], ratio: float, im
     from compress.prune import prune_model
     from compress.recipe import PruneSpec
 
-    spec = PruneSpec(importance=importance, ratio=ratio, ignore=others, scope="all")
+    # the per-layer cap (default 0.8) would silently turn a larger tested ratio into 0.8
+    cap = max(PruneSpec().max_layer_ratio, ratio)
+    spec = PruneSpec(importance=importance, ratio=ratio, ignore=others, scope="all", max_layer_ratio=cap)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # `random` importance is reproducible
         return prune_model(model, spec, example)
@@ -381,7 +383,13 @@ def recipe_snippet(ratios: Mapping[str, float], *, budget_ratio: float, importan
     """A YAML `prune:` section taking the suggested per-module ratios (unlisted modules get `ratio`)."""
     import yaml
 
-    section = {"prune": {"importance": importance, "ratio": budget_ratio, "ratio_by_module": dict(ratios)}}
+    from compress.recipe import PruneSpec
+
+    section = {"importance": importance, "ratio": budget_ratio, "ratio_by_module": dict(ratios)}
+    top = max([budget_ratio, *ratios.values()])
+    if top > PruneSpec().max_layer_ratio:  # the default per-layer cap would clamp the largest ratios
+        section["max_layer_ratio"] = top
+    section = {"prune": section}
     return yaml.safe_dump(section, sort_keys=False, default_flow_style=False)
 
 

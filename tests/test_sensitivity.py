@@ -211,3 +211,18 @@ def test_suggested_snippet_is_a_recipe_prune_section_that_prunes(result):
     model = create_model("hmr_tiny", img_res=RES)
     _, summary = prune_model(model, recipe.prune, torch.randn(1, 3, RES, RES))
     assert summary["after"]["params_total"] < summary["before"]["params_total"]
+
+
+def test_a_ratio_that_empties_a_layer_is_refused_and_the_sweep_goes_on(root, ckpt, tmp_path):
+    # 0.95 of encoder.res's 16 channels keeps int(0.8) = 0: refused by the pruner; fc1 keeps ceil(64 * 0.05) = 4
+    res = run_sensitivity(ckpt, root=root, ratios=[0.95], subset=2, datasets=["h36m-p2"],
+                          units=["encoder.res", "fc1"], out_dir=tmp_path)
+    refused = _row(res, "encoder.res", 0.95)
+    assert "encoder.res" in refused["error"] and "params_removed" not in refused
+    assert _row(res, "fc1", 0.95)["channels_removed"] == 60  # the tested ratio, not the 0.8 per-layer default cap
+    units = {u["unit"]: u for u in res["units"]}
+    assert units["encoder.res"]["rank"] is None and units["encoder.res"]["refused"] == [0.95]
+    assert units["fc1"]["rank"] == 1
+    assert [r[3] for r in format_sensitivity_table(res)[1:]] == [f"{_row(res, 'fc1', 0.95)['params_removed_pct']:.1f}%",
+                                                                 "refused"]
+    assert (tmp_path / "sensitivity.png").is_file()
