@@ -184,6 +184,8 @@ def run_sensitivity(
     unknown = [u for u in chosen if u not in all_units]
     if unknown:
         raise UserError(f"sensitivity: not a unit of this model: {', '.join(unknown)}; valid: {', '.join(all_units)}")
+    out = Path(out_dir) if out_dir else path.parent / "sensitivity"
+    out.mkdir(parents=True, exist_ok=True)  # before the sweep: an unwritable folder fails now, not in an hour
     depthwise = {n for n, m in model.named_modules() if _is_depthwise(m)}
     example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0))
     example = example.to(next(model.parameters()).device)
@@ -231,11 +233,9 @@ def run_sensitivity(
     if budget_ratio is not None:
         results["suggested"] = {"budget_ratio": budget_ratio,
                                 "ratio_by_module": suggest_ratios(results, budget_ratio=budget_ratio)}
-    out = Path(out_dir) if out_dir else path.parent / "sensitivity"
-    out.mkdir(parents=True, exist_ok=True)
     results["plot"] = str(plot_sensitivity(results, out / PLOT_NAME))
     results["json"] = str(out / JSON_NAME)
-    atomic_write_text(out / JSON_NAME, json.dumps(results, indent=2, allow_nan=False))
+    atomic_write_text(out / JSON_NAME, json.dumps(results, indent=2))
     log.info("sensitivity: wrote %s and %s", results["json"], results["plot"])
     return results
 
@@ -409,8 +409,8 @@ def plot_sensitivity(results: Mapping, path: str | Path) -> Path:
     ratios = list(results["ratios"])
     key = "mm_per_pct_params" if results.get("rank_by", "params") == "params" else "mm_per_pct_macs"
     by = {(r["unit"], r["ratio"]): r for r in results["rows"]}
-    labels = [f"{u['rank']}. {u['unit']}" if u["rank"] is not None else f"-  {u['unit']} (coupled)"
-              for u in results["units"]]
+    labels = [f"{u['rank']}. {u['unit']}" if u["rank"] is not None
+              else f"-  {u['unit']} ({'refused' if u['refused'] else 'coupled'})" for u in results["units"]]
     height = max(3.4, 1.8 + len(units) * (0.16 + 0.1 * len(ratios)))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     y = list(range(len(units)))
@@ -431,20 +431,20 @@ def plot_sensitivity(results: Mapping, path: str | Path) -> Path:
     slopes = [u[key] for u in results["units"]]
     ax2.barh(y, slopes, height=0.6, color=["tab:red" if s > 0 else "tab:green" for s in slopes])
     ax2.axvline(0, color="black", lw=0.8)
-    top = max(ratios)
+    top, what = max(ratios), key.rsplit("_", 1)[1]  # params | macs
     for yy, u in zip(y, results["units"]):
         row = by.get((u["unit"], top), {})
         if u["rank"] is None:
             note = "removes nothing alone (channels shared)" if not u["refused"] else "refused"
         else:
-            pct = row.get("params_removed_pct", float("nan"))
-            note = f"{u[key]:+.3g}  ({pct:.{1 if pct >= 1 else 2}f}% params at {top:g})"
+            pct = row.get(f"{what}_removed_pct", float("nan"))
+            share = f"{pct:.{1 if pct >= 1 else 2}f}% {'params' if what == 'params' else 'MACs'}"
+            note = f"{u[key]:+.3g}  ({share} at {top:g})"
         ax2.annotate(note, xy=(1.02, yy), xycoords=("axes fraction", "data"), va="center", fontsize=8,
                      color="dimgray", annotation_clip=False)
     ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=4))
     ax1.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=6))
-    what = "parameters" if key == "mm_per_pct_params" else "MACs"
-    ax2.set_xlabel(f"mm of PA-MPJPE lost per 1% of {what} removed")
+    ax2.set_xlabel(f"mm of PA-MPJPE lost per 1% of {'parameters' if what == 'params' else 'MACs'} removed")
     ax2.set_title("sensitivity (rank 1 = prune first)")
     ax2.grid(axis="x", alpha=0.3)
     base = results["baseline"]
