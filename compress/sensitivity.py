@@ -8,7 +8,8 @@ several units) stay; a unit whose channels are all shared removes nothing on its
 
 The metric is PA-MPJPE (and MPJPE) averaged over the chosen 3D datasets, from the one `evaluate()` on the first
 `subset` samples of each. Units are ranked by the accuracy lost per percent of parameters (or MACs) removed: the
-least-squares slope through the origin of delta-PA-MPJPE against the removed share over the tested ratios.
+least-squares slope through the origin of delta-PA-MPJPE against the removed share over the tested ratios (a
+negative slope counts as zero loss; ties go to the unit that removes more).
 `suggest_ratios` turns that ranking into `prune.ratio_by_module` for a recipe.
 """
 from __future__ import annotations
@@ -311,13 +312,20 @@ def _rank_units(units: list[str], rows: list[dict], *, rank_by: str) -> list[dic
             "mm_per_pct_macs": _slope(deltas, [r["macs_removed_pct"] for r in removes]),
             "channels": max((r["channels"] for r in ok), default=0),
             "params_removed_max": max((r["params_removed"] for r in ok), default=0),
+            "params_removed_pct_max": max((r["params_removed_pct"] for r in ok), default=0.0),
+            "macs_removed_pct_max": max((r["macs_removed_pct"] for r in ok), default=0.0),
             "coupled": bool(ok) and not removes,
             "refused": [r["ratio"] for r in rows if r["unit"] == unit and "error" in r],
         }
         entries.append(entry)
-    key = "mm_per_pct_params" if rank_by == "params" else "mm_per_pct_macs"
-    order = {u: i for i, u in enumerate(units)}  # ties (e.g. all zero) keep the forward order
-    measured = sorted((e for e in entries if e["params_removed_max"] > 0), key=lambda e: (e[key], order[e["unit"]]))
+    order = {u: i for i, u in enumerate(units)}
+
+    def key(e: dict) -> tuple:
+        # A negative slope (pruning "helped" on this subset) is noise, not a gain: it ranks as zero loss, and
+        # among equal losses the unit that removes the larger share comes first, then the forward order.
+        return max(e[f"mm_per_pct_{rank_by}"], 0.0), -e[f"{rank_by}_removed_pct_max"], order[e["unit"]]
+
+    measured = sorted((e for e in entries if e["params_removed_max"] > 0), key=key)
     for i, e in enumerate(measured, 1):
         e["rank"] = i
     for e in entries:
