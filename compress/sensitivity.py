@@ -181,7 +181,7 @@ def run_sensitivity(
     model, _ = load_checkpoint(path, name=name, **({"img_res": int(img_res)} if img_res else {}))
     res = int(getattr(model, "img_res", img_res or 224))
     all_units = prunable_units(model)
-    chosen = list(units) if units else all_units
+    chosen = list(dict.fromkeys(units)) if units else all_units
     unknown = [u for u in chosen if u not in all_units]
     if unknown:
         raise UserError(f"sensitivity: not a unit of this model: {', '.join(unknown)}; valid: {', '.join(all_units)}")
