@@ -822,19 +822,28 @@ def _context_lines(rows: list[dict]) -> list[str]:
 
 
 def render_table(rows: list[dict], *, width: int | None = None, color: bool = True) -> str:
-    """Rich table(s), a value and its delta per cell; columns are split over several tables to fit the width."""
+    """Rich table(s) as text (ANSI colours when `color`); to print on a console use print_table."""
+    from rich.console import Console
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width or 200, force_terminal=color, color_system="standard" if color else None,
+                      highlight=False)
+    print_table(rows, console=console)
+    return buf.getvalue()
+
+
+def print_table(rows: list[dict], *, console=None) -> None:
+    """Rich table(s), a value and its delta per cell; columns are split over several tables to fit the console."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    console = console or Console(highlight=False)
     cols = visible_columns(rows)
     notes = _Footnotes()
     col_marks = _column_marks(rows, cols, notes)
     cells = {c.key: [_cell(r, c, notes, on_header=frozenset(col_marks)) for r in rows] for c in cols}
     row_marks = [notes.mark(r["notes"]["row"]) if r.get("notes", {}).get("row") else "" for r in rows]
-    buf = io.StringIO()
-    console = Console(file=buf, width=width or 200, force_terminal=color, color_system="standard" if color else None,
-                      highlight=False)
     lead = 7 + max(len(r["stage"]) + 1 for r in rows) + max(len(r["run"]) for r in rows)
     widths = {c.key: max([len(x) for cell in cells[c.key] for x in (cell.value, cell.delta)]
                          + [len(w) for w in _header(c, col_marks).split("\n")]) + 3 for c in cols}
@@ -869,7 +878,6 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
         console.print(table)
     for line in _footer(rows, notes):
         console.print(Text(line))
-    return buf.getvalue()
 
 
 def _header(col: Column, marks: dict[str, str]) -> str:
@@ -1152,7 +1160,9 @@ def training_curve(records: list[dict]) -> dict[str, tuple[list[float], list[flo
     The total is `total` (our training loop) or `loss`; every other numeric field except bookkeeping (epoch, lr,
     images/s, ...) is a loss term. Steps logged twice (an epoch redone after a resume) keep the last value.
     """
-    steps_only = [r for r in records if r.get("kind") == "step"] or [r for r in records if r.get("kind") != "epoch"]
+    # per-step records; a run shorter than log_every has only per-epoch means
+    steps_only = ([r for r in records if r.get("kind") == "step"] or [r for r in records if r.get("kind") == "epoch"]
+                  or records)
     by_name: dict[str, dict[float, float]] = {}
     for n, rec in enumerate(steps_only):
         step = next((rec[k] for k in STEP_KEYS if _is_number(rec.get(k))), n)

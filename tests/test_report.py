@@ -460,3 +460,19 @@ def test_json_is_strict_even_with_a_nan_metric(runs):
     rows = collect_rows(["p1"], runs_dir=runs["dir"])
     rows[2]["metrics"]["3dpw"]["pve_mm"] = float("nan")
     assert json.loads(report.render_json(rows))[2]["metrics"]["3dpw"]["pve_mm"] is None
+
+
+def test_training_curve_falls_back_to_epoch_means(tmp_path):
+    records = [{"kind": "epoch", "epoch": e, "step": 3 * e, "total": 10.0 / e, "kp2d": 1.0 / e, "time_s": 5.0}
+               for e in (1, 2, 3)]
+    series = report.training_curve(records)
+    assert series["loss"] == ([3, 6, 9], [10.0, 5.0, 10.0 / 3]) and set(series) == {"loss", "kp2d"}
+
+
+def test_print_table_on_a_console(runs):
+    from rich.console import Console
+
+    console = Console(record=True, width=300, highlight=False)
+    report.print_table(collect_rows(runs_dir=runs["dir"]), console=console)
+    text = console.export_text()
+    assert "P2+FT(8)" in text and "−10.0 (−10.0%)" in text and "not evaluated" in text
