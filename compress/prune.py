@@ -416,6 +416,23 @@ def _enforce_min_keep(pruner, group, original: dict[nn.Module, int], min_keep: f
     return graph.get_pruning_group(root, fn, sorted(order[:allowed]))
 
 
+def _cut_to_width(pruner, group, keep: Mapping[str, int], names: dict[nn.Module, str]):
+    """The group re-cut so its root keeps `keep[root]` channels, the most important ones (None: leave it whole)."""
+    graph = pruner.DG
+    root = group[0].dep.target.module
+    fn = group[0].dep.handler
+    current = graph.get_out_channels(root)
+    want = keep.get(names.get(root, ""), current)
+    if want >= current or pruner._get_channel_groups(group) > 1:
+        return None
+    if want < 1:
+        raise UserError(f"prune: a budget search asked for {want} channels in {names.get(root)}")
+    full = graph.get_pruning_group(root, fn, list(range(current)))
+    scores = pruner.estimate_importance(full)
+    order = list(range(current)) if scores is None else sorted(range(current), key=lambda i: (float(scores[i]), i))
+    return graph.get_pruning_group(root, fn, sorted(order[:current - want]))
+
+
 def _check_concat(model: nn.Module, before: dict[str, torch.Tensor], tracker: _ChannelTracker,
                   example: torch.Tensor) -> None:
     """The IEF concat layers keep their 157 estimate columns bit for bit and take features + 157 inputs."""
@@ -433,19 +450,27 @@ def _check_concat(model: nn.Module, before: dict[str, torch.Tensor], tracker: _C
 
 def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn: Callable | None = None,
                 calibration_batches: Iterable | None = None, build_timeout_s: float = BUILD_TIMEOUT_S,
-                track_channels: bool = False) -> tuple[nn.Module, dict]:
+                track_channels: bool = False, keep_widths: Mapping[str, int] | None = None,
+                lut_dir: str | Path | None = None, lut_copy: str | Path | None = None) -> tuple[nn.Module, dict]:
     """Structured channel pruning of a zoo model -> (pruned copy in train mode, summary dict).
 
     spec: recipe PruneSpec (or a mapping with its keys). example_inputs: (B, 3, R, R) images for tracing.
     loss_fn(model, batch) -> scalar and calibration_batches are needed by `taylor`. The input model is not changed.
     track_channels=True adds summary["kept_channels"] = {layer: {"in": [...], "out": [...]}} (original indices).
+    keep_widths: {group root layer: kept channels} instead of a ratio (each group keeps its most important ones);
+    used by the budget searches. lut_dir / lut_copy: where a latency target caches its lookup table (a shared
+    cache dir, and a copy for the run directory).
     """
     import torch_pruning as tp
 
     spec = _as_spec(spec)
-    if spec.target is not None:
+    if spec.target is not None and keep_widths is None:
         return _prune_to_target(model, spec, example_inputs, loss_fn=loss_fn, calibration_batches=calibration_batches,
-                                build_timeout_s=build_timeout_s, track_channels=track_channels)
+                                build_timeout_s=build_timeout_s, track_channels=track_channels, lut_dir=lut_dir,
+                                lut_copy=lut_copy)
+    if keep_widths is not None:  # every group is offered (ratio 0.5, local) and then cut to its given width
+        spec = dataclasses.replace(spec, target=None, ratio=0.5, global_=False, iterative_steps=1, ratio_by_module={},
+                                   round_to=1, max_layer_ratio=max(spec.max_layer_ratio, 0.5))
     notes: list[str] = [MACS_NOTE]
     model = copy.deepcopy(model).eval()
     example = example_inputs.to(next(model.parameters()).device)
@@ -494,7 +519,10 @@ def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn
                 n_calibration = _calibrate(model, loss_fn, calibration_batches)
             with torch.no_grad():
                 for group in pruner.step(interactive=True):
-                    group = _enforce_min_keep(pruner, group, original_out, min_keep, spec.round_to, names)
+                    if keep_widths is not None:
+                        group = _cut_to_width(pruner, group, keep_widths, names)
+                    else:
+                        group = _enforce_min_keep(pruner, group, original_out, min_keep, spec.round_to, names)
                     if group is None:
                         continue
                     tracker.record(pruner.DG, group)
@@ -540,16 +568,219 @@ def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn
     return model, summary
 
 
-def _prune_to_target(model: nn.Module, spec, example_inputs: torch.Tensor, **kwargs) -> tuple[nn.Module, dict]:
-    """Bisect the channel ratio until params or MACs meet prune.target (the smallest ratio that does)."""
+@dataclasses.dataclass
+class BudgetGroup:
+    """One prunable channel group as local pruning sees it (Torch-Pruning group, named by its root layer)."""
+
+    root: str
+    width: int  # channels at the start
+    scores: list[float]  # importance of its channels (group-normalised), ascending
+    layers: list[tuple[str, str]]  # (Conv2d/Linear name, "in" | "out" | "both") whose widths follow the group
+    candidates: list[int] = dataclasses.field(default_factory=list)  # allowed kept widths, descending
+
+    def lost(self, keep_from: int, keep_to: int) -> float:
+        """Importance removed when the kept width goes from keep_from down to keep_to (lowest scores go first)."""
+        return float(sum(self.scores[self.width - keep_from:self.width - keep_to]))
+
+
+def budget_groups(model: nn.Module, spec, example: torch.Tensor, *, loss_fn: Callable | None = None,
+                  calibration_batches: Iterable | None = None,
+                  build_timeout_s: float = BUILD_TIMEOUT_S) -> list[BudgetGroup]:
+    """The prunable groups of `model` under `spec` (heads, ignore, scope), with importance and affected layers."""
+    import torch_pruning as tp
+
+    spec = _as_spec(spec)
+    work = copy.deepcopy(model).eval()
+    heads = _named(work, getattr(work, "head_names", []), key="heads")
+    extra = _named(work, spec.ignore, key="ignore")
+    ignored = list(heads.values()) + list(extra.values()) + _scope_ignored(work, spec.scope)
+    shuffles = [m for m in work.modules() if isinstance(m, ChannelShuffle)]
+    with time_limit(build_timeout_s, "building the Torch-Pruning dependency graph"):
+        pruner = tp.pruner.BasePruner(
+            work, example[:1].to(next(work.parameters()).device), importance=_importance(spec.importance, []),
+            pruning_ratio=0.5, ignored_layers=ignored,
+            customized_pruners={ChannelShuffle: _shuffle_pruner()} if shuffles else None)
+    _fix_pooled_flatten(pruner.DG)
+    if shuffles:
+        _install_shuffle_mappings(pruner.DG)
+    if spec.importance == "taylor":
+        if loss_fn is None or calibration_batches is None:
+            raise UserError("prune.importance taylor needs calibration data (run through `compress prune`)")
+        _calibrate(work, loss_fn, calibration_batches)
+    names = {m: n for n, m in work.named_modules()}
+    graph = pruner.DG
+    out: list[BudgetGroup] = []
+    for group in graph.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+        root = group[0].dep.target.module
+        width = graph.get_out_channels(root)
+        if not width or width < 2 or pruner._get_channel_groups(group) > 1:
+            continue  # grouped convs stay whole, as under _enforce_min_keep
+        with torch.no_grad():
+            imp = pruner.estimate_importance(group)
+        if imp is None:
+            continue
+        layers = set()
+        for item in group:
+            m = item.dep.target.module
+            if not isinstance(m, (nn.Conv2d, nn.Linear)):
+                continue
+            if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels:
+                axis = "both"  # depthwise: in and out are one axis
+            else:
+                axis = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            layers.add((names[m], axis))
+        out.append(BudgetGroup(root=names[root], width=int(width), scores=sorted(float(v) for v in imp),
+                               layers=sorted(layers)))
+    return out
+
+
+def _layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
+    """{layer: {"calls": forward calls per image batch, "hw": input (H, W) for convs}} from one traced forward."""
+    shapes: dict[str, dict] = {}
+    handles = []
+    for name, m in _prunable_layers(model).items():
+        def hook(mod, inputs, output, name=name):
+            entry = shapes.setdefault(name, {"calls": 0})
+            entry["calls"] += 1
+            if isinstance(mod, nn.Conv2d):
+                entry["hw"] = [int(inputs[0].shape[-2]), int(inputs[0].shape[-1])]
+        handles.append(m.register_forward_hook(hook))
+    try:
+        was = model.training
+        with torch.no_grad():
+            model.eval()(example[:1])
+        model.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+class _LayerModel:
+    """Per-layer widths as a function of the groups' kept widths, and the layer signatures/costs they give."""
+
+    def __init__(self, model: nn.Module, groups: list[BudgetGroup], example: torch.Tensor) -> None:
+        self.groups = groups
+        self.layers = _prunable_layers(model)
+        self.shapes = _layer_shapes(model, example)
+        self.base = {n: layer_widths_of(m) for n, m in self.layers.items()}
+        self.touching: dict[int, list[str]] = {i: sorted({n for n, _ in g.layers}) for i, g in enumerate(groups)}
+
+    def dims(self, widths: list[int], names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+        names = set(self.layers if names is None else names)
+        cut_in = {n: 0 for n in names}
+        cut_out = {n: 0 for n in names}
+        for g, w in zip(self.groups, widths):
+            cut = g.width - w
+            if not cut:
+                continue
+            for name, axis in g.layers:
+                if name in names:
+                    if axis in ("in", "both"):
+                        cut_in[name] += cut
+                    if axis in ("out", "both"):
+                        cut_out[name] += cut
+        return {n: (self.base[n][0] - cut_in[n], self.base[n][1] - cut_out[n]) for n in names}
+
+    def sig(self, name: str, cin: int, cout: int):
+        from compress.latency import LayerSig
+
+        m = self.layers[name]
+        if isinstance(m, nn.Linear):
+            return LayerSig("linear", cin, cout, bias=m.bias is not None)
+        depthwise = 1 < m.groups == m.in_channels == m.out_channels
+        h, w = self.shapes.get(name, {}).get("hw", [1, 1])
+        return LayerSig("conv", cin, cout, tuple(m.kernel_size), tuple(m.stride), tuple(m.padding),
+                        tuple(m.dilation), cout if depthwise else m.groups, h, w, m.bias is not None)
+
+    def calls(self, name: str) -> int:
+        return int(self.shapes.get(name, {}).get("calls", 0))
+
+    def analytic(self, name: str, cin: int, cout: int, metric: str) -> float:
+        """Weights (params) or multiply-accumulates (macs) of one layer at these widths, all calls."""
+        s = self.sig(name, cin, cout)
+        if s.kind == "linear":
+            weights = cin * cout
+            return weights + (cout if s.bias else 0) if metric == "params_total" else weights * self.calls(name)
+        weights = cout * (cin // s.groups) * s.kernel[0] * s.kernel[1]
+        if metric == "params_total":
+            return weights + (cout if s.bias else 0)
+        ho = (s.height + 2 * s.padding[0] - s.dilation[0] * (s.kernel[0] - 1) - 1) // s.stride[0] + 1
+        wo = (s.width + 2 * s.padding[1] - s.dilation[1] * (s.kernel[1] - 1) - 1) // s.stride[1] + 1
+        return weights * ho * wo * self.calls(name)
+
+    def analytic_total(self, widths: list[int], metric: str) -> float:
+        return sum(self.analytic(n, ci, co, metric) for n, (ci, co) in self.dims(widths).items() if self.calls(n))
+
+
+def latency_candidates(width: int, *, min_keep: float, multiple: int = 8) -> list[int]:
+    """Kept widths the latency search may choose for a group, descending: the full width, then multiples of
+    `multiple` (vector-friendly) at 1/16 (wide groups) or 1/8 steps, never below the minimum keep fraction."""
+    floor = _min_keep_count(width, min_keep, 1)
+    steps = 16 if width >= 128 else 8
+    out = {width}
+    for k in range(1, steps):
+        w = width * (steps - k) / steps
+        w = int(w // multiple * multiple) if width >= 2 * multiple else int(w)
+        if w >= max(floor, 1):
+            out.add(w)
+    return sorted(out, reverse=True)
+
+
+def select_for_latency(groups: list[BudgetGroup], cost: Callable[[int, int, int], float], *, start_ms: float,
+                       target_ms: float, state: list[int] | None = None,
+                       prefetch: Callable[[list[tuple[int, int]]], None] | None = None) -> tuple[list[int], float]:
+    """Greedy: repeatedly take the move (group -> smaller candidate width) that loses the least importance per
+    millisecond saved, until the predicted latency <= target_ms -> (candidate index per group, predicted ms).
+
+    cost(group_index, from_index, to_index) -> predicted ms change of that move given the current state (negative
+    saves time); prefetch(moves) lets the caller time all the moves' new layer shapes in one interleaved batch.
+    A move that does not save time (a slow odd width, noise) is never taken.
+    """
+    state = list(state or [0] * len(groups))
+    predicted = start_ms
+    while predicted > target_ms:
+        moves = [(gi, ci) for gi, g in enumerate(groups) for ci in range(state[gi] + 1, len(g.candidates))]
+        if not moves:
+            break
+        if prefetch is not None:
+            prefetch([(gi, ci) for gi, ci in moves])
+        best = None
+        for gi, ci in moves:
+            g = groups[gi]
+            saved = -cost(gi, state[gi], ci)
+            if saved <= 1e-9:
+                continue
+            per_ms = g.lost(g.candidates[state[gi]], g.candidates[ci]) / saved
+            key = (per_ms, -saved, gi, ci)
+            if best is None or key < best[0]:
+                best = (key, gi, ci, saved)
+        if best is None:
+            break
+        _, gi, ci, saved = best
+        state[gi] = ci
+        predicted -= saved
+    return state, predicted
+
+
+def _budget_value(target, base: dict) -> tuple[str, float]:
+    if target.params is not None or target.params_ratio is not None:
+        metric = "params_total"
+        value = target.params if target.params is not None else base[metric] * target.params_ratio
+    else:
+        metric = "macs"
+        value = target.macs if target.macs is not None else base[metric] * target.macs_ratio
+    return metric, float(value)
+
+
+def _prune_to_target(model: nn.Module, spec, example_inputs: torch.Tensor, *, lut_dir=None, lut_copy=None,
+                     **kwargs) -> tuple[nn.Module, dict]:
+    """Prune to prune.target: params/MACs by bisecting the ratio then filling up; latency by the measured LUT."""
     target = spec.target
-    if target.latency_ms is not None:
-        raise UserError("prune.target.latency_ms is not supported yet: give params, macs, params_ratio or macs_ratio")
-    metric = "params_total" if target.params is not None or target.params_ratio is not None else "macs"
+    if target.latency_ms is not None or target.latency_ratio is not None:
+        return _prune_to_latency(model, spec, example_inputs, lut_dir=lut_dir, lut_copy=lut_copy, **kwargs)
     base = cost(model, example_inputs.to(next(model.parameters()).device))
-    budget = next(v for v in (target.params, target.macs) if v is not None) if (
-        target.params is not None or target.macs is not None) else base[metric] * (
-        target.params_ratio if target.params_ratio is not None else target.macs_ratio)
+    metric, budget = _budget_value(target, base)
     if base[metric] <= budget:
         raise UserError(f"prune.target: the model already has {metric} {base[metric]:,} <= {budget:,.0f}")
 
@@ -560,13 +791,13 @@ def _prune_to_target(model: nn.Module, spec, example_inputs: torch.Tensor, **kwa
             log.info("target search: ratio %.4f refused (%s)", ratio, exc)
             return None
 
-    lo, hi, best = 0.0, min(spec.max_layer_ratio, 0.99), None
+    lo, hi = 0.0, min(spec.max_layer_ratio, 0.99)
     top = attempt(hi)
     if top is None or top[1]["after"][metric] > budget:
         reached = "refused" if top is None else f"{top[1]['after'][metric]:,}"
         raise UserError(f"prune.target: {metric} {budget:,.0f} is out of reach (ratio {hi:.2f} gives {reached}); "
                         "raise prune.max_layer_ratio or the target")
-    best = (hi, top)
+    best, below = (hi, top), None
     for _ in range(10):  # ratio to within ~0.001
         mid = (lo + hi) / 2
         result = attempt(mid)
@@ -574,10 +805,203 @@ def _prune_to_target(model: nn.Module, spec, example_inputs: torch.Tensor, **kwa
             hi, best = mid, (mid, result)
         else:
             lo = mid
+            below = result if result is not None else below
     ratio, (pruned, summary) = best
+    method = f"channel ratio {ratio:.4f} (bisection)"
+    if budget - summary["after"][metric] > FILL_TOLERANCE * budget and below is not None and spec.round_to == 1 \
+            and not spec.global_:
+        filled = _fill_up(model, spec, example_inputs, pruned, below[0], summary, metric, budget, **kwargs)
+        if filled is not None:
+            pruned, summary = filled
+            method += f", then {summary.pop('_filled')} groups given back channels up to the budget"
+    achieved = summary["after"][metric]
+    gap = (budget - achieved) / budget * 100
     summary["ratio"] = round(ratio, 4)
-    summary["target"] = {"metric": metric, "budget": int(budget), "reached": summary["after"][metric]}
-    summary["notes"].append(f"target: {metric} <= {budget:,.0f} reached with channel ratio {ratio:.4f} (bisection)")
+    summary["target"] = {"metric": metric, "budget": int(budget), "reached": achieved, "achieved": achieved,
+                         "gap_percent": round(gap, 4), "deterministic": not spec.global_}
+    label = "params" if metric == "params_total" else "MACs"
+    summary["notes"].append(f"target: {label} <= {budget:,.0f}: achieved {achieved:,} ({gap:.3f}% below) with "
+                            f"{method}")
+    if not spec.global_:
+        summary["notes"].append("target: local pruning, so the widths depend only on the architecture and the "
+                                "target, not on the weights: the same result on every run (deterministic)")
+    return pruned, summary
+
+
+FILL_TOLERANCE = 0.001  # fill up when the bisection lands more than 0.1% below the budget
+
+
+def _fill_up(model, spec, example_inputs, hi_model, lo_model, hi_summary, metric: str, budget: float, **kwargs):
+    """Give channels back, group by group in graph order, between the widths of the last ratio that met the
+    budget (hi) and the first that did not (lo), while the analytic count stays within it; check with the real
+    counter and back off the overshoot. Deterministic (no weights involved for local pruning)."""
+    example = example_inputs.to(next(model.parameters()).device)
+    groups = budget_groups(model, spec, example, **{k: v for k, v in kwargs.items()
+                                                    if k in ("loss_fn", "calibration_batches", "build_timeout_s")})
+    layers = _LayerModel(model, groups, example)
+    hi_w = [layer_widths_of(hi_model.get_submodule(g.root))[1] for g in groups]
+    lo_w = [layer_widths_of(lo_model.get_submodule(g.root))[1] for g in groups]
+    hi_real = hi_summary["after"][metric]
+    hi_est = layers.analytic_total(hi_w, metric)
+    room = budget - hi_real
+    best = None
+    for _ in range(5):
+        widths, filled = list(hi_w), 0
+        for gi in range(len(groups)):
+            lo_k, hi_k = 0, max(lo_w[gi] - hi_w[gi], 0)
+            while lo_k < hi_k:  # the most channels this group can take back within the room
+                mid = (lo_k + hi_k + 1) // 2
+                trial = widths[:gi] + [hi_w[gi] + mid] + widths[gi + 1:]
+                if layers.analytic_total(trial, metric) - hi_est <= room:
+                    lo_k = mid
+                else:
+                    hi_k = mid - 1
+            if lo_k:
+                widths[gi] = hi_w[gi] + lo_k
+                filled += 1
+        if not filled:
+            break
+        keep = {g.root: w for g, w in zip(groups, widths)}
+        pruned, summary = prune_model(model, spec, example_inputs, keep_widths=keep, **kwargs)
+        real = summary["after"][metric]
+        if real <= budget:
+            if best is None or real > best[1]["after"][metric]:
+                best = (pruned, summary)
+                summary["_filled"] = filled
+            break
+        room -= (real - budget) * 1.5  # unmodelled terms (BatchNorm, activations): back off and retry
+    if best is None:
+        return None
+    best[1]["ratio"] = hi_summary["ratio"]
+    return best
+
+
+def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, lut_dir=None, lut_copy=None,
+                      max_rounds: int = 4, **kwargs) -> tuple[nn.Module, dict]:
+    """Prune until an interleaved A/B timing on this device meets prune.target.latency_ms / latency_ratio."""
+    from compress.latency import LatencyLUT, ab_latency, host_id, lut_filename
+
+    target = spec.target
+    device = torch.device(target.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"prune.target.device is {target.device} but CUDA is not available here; use cpu")
+    threads = target.threads or torch.get_num_threads()
+    model = copy.deepcopy(model).eval().to(device)
+    example = example_inputs.to(device)
+    res = int(example.shape[-1])
+    batch = target.latency_batch
+    name = getattr(model, "config", {}).get("name", type(model).__name__)
+    meta = {"model": name, "img_res": res, "batch": batch, "device": str(device), "threads": threads,
+            "host": host_id(), "torch": torch.__version__}
+    lut_path = Path(lut_dir) / lut_filename(meta) if lut_dir else None
+    lut = LatencyLUT(meta=meta, path=lut_path)
+
+    t0 = time.perf_counter()
+    groups = budget_groups(model, spec, example, **{k: v for k, v in kwargs.items()
+                                                    if k in ("loss_fn", "calibration_batches", "build_timeout_s")})
+    multiple = max(8, spec.round_to)
+    for g in groups:
+        g.candidates = latency_candidates(g.width, min_keep=1.0 - spec.max_layer_ratio, multiple=multiple)
+    layers = _LayerModel(model, groups, example)
+    start = ab_latency({"start": model}, img_res=res, batch=batch, device=device, threads=threads)["start"]
+    start_ms = start["median_ms"]
+    budget_ms = target.latency_ms if target.latency_ms is not None else target.latency_ratio * start_ms
+    if start_ms <= budget_ms:
+        raise UserError(f"prune.target: the start model already runs in {start_ms:.2f} ms <= {budget_ms:.2f} ms "
+                        f"(batch {batch}, {device}, {threads} threads)")
+
+    full = [g.width for g in groups]
+    base_dims = layers.dims(full)
+    base_table = lut.lookup(layers.sig(n, *d) for n, d in base_dims.items() if layers.calls(n))
+    layer_sum = sum(layers.calls(n) * base_table[layers.sig(n, *d).key] for n, d in base_dims.items()
+                    if layers.calls(n))
+    scale = start_ms / layer_sum  # the unmodelled rest (BN, activations, adds) taken as proportional
+    state = [0] * len(groups)
+
+    def widths_of(st):
+        return [g.candidates[i] for g, i in zip(groups, st)]
+
+    def move_sigs(gi, ci):
+        trial = widths_of(state)
+        old = layers.dims(trial, layers.touching[gi])
+        trial[gi] = groups[gi].candidates[ci]
+        new = layers.dims(trial, layers.touching[gi])
+        return old, new
+
+    def prefetch(moves):
+        sigs = []
+        for gi, ci in moves:
+            _, new = move_sigs(gi, ci)
+            sigs += [layers.sig(n, *d) for n, d in new.items() if layers.calls(n) and min(d) > 0]
+        missing = [s for s in {s.key: s for s in sigs}.values() if s.key not in lut.table]
+        for i in range(0, len(missing), 256):  # bounded memory: a chunk of freshly built layers at a time
+            lut.lookup(missing[i:i + 256])
+
+    def move_cost(gi, frm, to):
+        old, new = move_sigs(gi, to)
+        delta = 0.0
+        for n in new:
+            if layers.calls(n):
+                delta += layers.calls(n) * (lut.table[layers.sig(n, *new[n]).key] - lut.table[layers.sig(n, *old[n]).key])
+        return delta * scale
+
+    def predict(st):
+        dims = layers.dims(widths_of(st))
+        table = lut.lookup(layers.sig(n, *d) for n, d in dims.items() if layers.calls(n))
+        return scale * sum(layers.calls(n) * table[layers.sig(n, *d).key] for n, d in dims.items() if layers.calls(n))
+
+    aim = budget_ms
+    rounds = []
+    pruned = summary = None
+    for round_ in range(1, max_rounds + 1):
+        state, _ = select_for_latency(groups, move_cost, start_ms=predict(state), target_ms=aim, state=state,
+                                      prefetch=prefetch)
+        predicted = predict(state)
+        keep = {g.root: w for g, w in zip(groups, widths_of(state))}
+        pruned, summary = prune_model(model, spec, example, keep_widths=keep, **kwargs)
+        ab = ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device, threads=threads)
+        measured, baseline = ab["pruned"]["median_ms"], ab["start"]["median_ms"]
+        # a relative target is judged against the baseline of the same A/B run (load drifts between runs)
+        goal = budget_ms if target.latency_ms is not None else target.latency_ratio * baseline
+        rounds.append({"round": round_, "aim_ms": round(aim, 3), "predicted_ms": round(predicted, 3),
+                       "measured_ms": round(measured, 3), "baseline_ms": round(baseline, 3),
+                       "p10_ms": round(ab["pruned"]["p10_ms"], 3), "p90_ms": round(ab["pruned"]["p90_ms"], 3),
+                       "goal_ms": round(goal, 3), "met": measured <= goal})
+        log.info("latency round %d: predicted %.2f ms, measured %.2f ms (goal %.2f, baseline %.2f)", round_,
+                 predicted, measured, goal, baseline)
+        if measured <= goal:
+            break
+        aim = min(aim, predicted) * goal / measured * 0.98  # prune further: aim lower by the measured miss
+    pruned.train()
+    last = rounds[-1]
+    if lut_copy:
+        lut.save(lut_copy)
+    widths = widths_of(state)
+    odd = [g.root for g, w in zip(groups, widths) if w != g.width and w % multiple]
+    summary["ratio"] = None
+    summary["target"] = {
+        "metric": "latency_ms", "budget": round(budget_ms, 3), "batch": batch, "device": str(device),
+        "threads": threads, "start_ms": round(start_ms, 3), "predicted_ms": last["predicted_ms"],
+        "measured_ms": last["measured_ms"], "baseline_ms": last["baseline_ms"], "goal_ms": last["goal_ms"],
+        "met": last["met"], "rounds": rounds, "lut": str(lut_path or lut_copy or ""), "lut_entries": len(lut.table),
+        "lut_loaded": lut.loaded, "lut_measured": lut.measured, "search_seconds": round(time.perf_counter() - t0, 1),
+        "groups": {g.root: [g.width, w] for g, w in zip(groups, widths) if w != g.width},
+    }
+    what = (f"{target.latency_ratio:g} x start {start_ms:.2f} ms" if target.latency_ratio is not None
+            else f"{budget_ms:.2f} ms")
+    notes = summary["notes"]
+    notes.append(f"target: latency <= {what} at batch {batch} on {device} ({threads} threads): predicted "
+                 f"{last['predicted_ms']:.2f} ms, measured {last['measured_ms']:.2f} ms "
+                 f"(p10-p90 {last['p10_ms']:.2f}-{last['p90_ms']:.2f}) vs baseline {last['baseline_ms']:.2f} ms in an "
+                 f"interleaved A/B timing -> {'met' if last['met'] else 'NOT met'}"
+                 f" after {len(rounds)} round{'s' if len(rounds) > 1 else ''}")
+    if not last["met"]:
+        notes.append(f"target: the latency goal {last['goal_ms']:.2f} ms was not reached in {max_rounds} rounds; "
+                     "the machine may be loaded (re-run) or the budget is below what max_layer_ratio allows")
+    notes.append(f"target: channels chosen by importance per measured ms from a per-layer latency LUT "
+                 f"({len(lut.table)} layer shapes, {lut.loaded} read from cache, {lut.measured} timed now: "
+                 f"{lut_path or 'not cached'}); kept widths are multiples of {multiple}"
+                 + (f" except {len(odd)} groups" if odd else ""))
     return pruned, summary
 
 
@@ -691,7 +1115,9 @@ def run_prune(recipe, *, out_dir: str | Path | None = None) -> dict:
                         spec.calibration)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # `random` importance and dropout-free tracing are then reproducible
-        pruned, summary = prune_model(model, spec, example, loss_fn=loss_fn, calibration_batches=batches)
+        # a latency target caches its lookup table next to the runs (runs/.latency_lut) and copies it into the run
+        pruned, summary = prune_model(model, spec, example, loss_fn=loss_fn, calibration_batches=batches,
+                                      lut_dir=run_dir.parent / ".latency_lut", lut_copy=run_dir / "latency_lut.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")
     record = {k: v for k, v in summary.items() if k != "widths"}

@@ -83,20 +83,26 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class PruneTarget:
-    """A budget to prune to instead of a fixed ratio (reserved; give exactly one of the figures)."""
+    """A budget to prune to instead of a fixed ratio (give exactly one of the figures)."""
 
     params: Optional[int] = opt(None, "target parameter count", ge=1)
     macs: Optional[int] = opt(None, "target MACs at model.img_res", ge=1)
     params_ratio: Optional[float] = opt(None, "target params as a fraction of the unpruned model", gt=0, lt=1)
     macs_ratio: Optional[float] = opt(None, "target MACs as a fraction of the unpruned model", gt=0, lt=1)
-    latency_ms: Optional[float] = opt(None, "target CPU latency in milliseconds", gt=0)
+    latency_ms: Optional[float] = opt(None, "target latency in milliseconds, measured on `device`", gt=0)
+    latency_ratio: Optional[float] = opt(
+        None, "target latency as a fraction of the unpruned start model's, both measured on `device`", gt=0, lt=1)
     latency_batch: int = opt(1, "batch size the latency target is measured at", ge=1)
+    device: str = opt("cpu", "where latency is measured: cpu or cuda[:N] (the machine the command runs on)")
+    threads: Optional[int] = opt(None, "CPU threads while measuring latency (null: torch's current setting)", ge=1)
 
     def check(self, given: frozenset[str]) -> list[str]:
-        figures = ("params", "macs", "params_ratio", "macs_ratio", "latency_ms")
+        figures = ("params", "macs", "params_ratio", "macs_ratio", "latency_ms", "latency_ratio")
         given_ = [k for k in figures if getattr(self, k) is not None]
         if len(given_) != 1:
             return [f"give exactly one of {', '.join(figures)} (got {given_ or 'none'})"]
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            return [f"device: expected cpu or cuda[:N], got {self.device!r}"]
         return []
 
 
@@ -108,7 +114,7 @@ class PruneSpec:
     from_: str = opt("", "checkpoint path or run dir to prune (empty: model.checkpoint or a fresh model)")
     importance: Importance = opt("l2", "channel importance criterion")
     ratio: float = opt(0.2, "fraction of channels removed (ignored when `target` is given)", ge=0, lt=1)
-    target: Optional[PruneTarget] = opt(None, "prune to a budget instead of a ratio (reserved)")
+    target: Optional[PruneTarget] = opt(None, "prune to a budget (params, MACs or latency) instead of a ratio")
     global_: bool = opt(False, "rank channels across layers (global) instead of per layer")
     max_layer_ratio: float = opt(0.8, "largest fraction of any single layer's channels that may be removed",
                                  gt=0, le=1)
@@ -364,6 +370,9 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str] = ()) -> dict:
 
 
 def _set_path(data: dict, keys: list[str], value: Any, item: str) -> None:
+    # Once the path reaches a dict-typed field (prune.ratio_by_module, model.overrides, data.image_roots, data.mix),
+    # the rest of the path is one key: module names such as encoder.features.3 contain dots.
+    keys = _join_mapping_keys(keys)
     node = data
     for i, key in enumerate(keys[:-1]):
         child = node.get(key)
@@ -373,6 +382,23 @@ def _set_path(data: dict, keys: list[str], value: Any, item: str) -> None:
             raise UserError(f"--set {item}: {'.'.join(keys[:i + 1])} is a value, not a section")
         node = child
     node[keys[-1]] = value
+
+
+def _join_mapping_keys(keys: list[str]) -> list[str]:
+    """Walk the dataclass types along `keys`; after a Dict-typed field join the remaining parts into one key."""
+    tp: Any = Recipe
+    for i, key in enumerate(keys):
+        section = _section_type(tp)
+        if section is None:
+            return keys
+        fields_by_key = {yaml_key(f): f for f in dataclasses.fields(section)}
+        if key not in fields_by_key:
+            return keys  # unknown key: the converter reports it with a did-you-mean
+        tp = typing.get_type_hints(section)[fields_by_key[key].name]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is Union else [tp]
+        if typing.get_origin(inner[0]) in (dict, Dict) and i + 2 < len(keys):
+            return [*keys[:i + 1], ".".join(keys[i + 1:])]
+    return keys
 
 
 def override_recipe(recipe: Recipe, overrides: typing.Iterable[str]) -> Recipe:
