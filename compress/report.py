@@ -576,7 +576,9 @@ def _onnx_latency_cached(path: Path, profile: dict | None, *, retime: bool) -> t
     except Exception as exc:
         log.warning("onnxruntime latency failed for %s: %s", path, exc)
         return None, f"ONNX export failed ({type(exc).__name__})"
-    cache.write_text(json.dumps({"key": key, "stats": stats}, indent=1))
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "stats": stats}, indent=1))
+    tmp.replace(cache)  # atomic: a concurrent report never reads half a file
     return stats["median_ms"], ""
 
 
