@@ -315,8 +315,8 @@ def collect_rows(
             labels = stage_labels(chain)
             root = base_path or (chain[0].path if labels[0] == "baseline" else _virtual_root(chain[0].path))
             members = groups.setdefault(root, {})
-            if base_path is not None and chain[0].path != base_path:
-                labels[0] = "trained"
+            if base_path is not None and chain[0].path != base_path and labels[0] == "baseline":
+                labels[0] = "trained"  # the chain's own start, shown next to the baseline given on the command line
             for depth, (node, label) in enumerate(zip(chain, labels)):
                 members.setdefault(node.path, (label, depth))
                 order.setdefault(node.path, rank)
