@@ -727,14 +727,16 @@ def latency_candidates(width: int, *, min_keep: float, multiple: int = 8) -> lis
     return sorted(out, reverse=True)
 
 
-def select_for_latency(groups: list[BudgetGroup], cost: Callable[[int, int, int], float], *, start_ms: float,
+def select_for_latency(groups: list[BudgetGroup], cost: Callable[[list[int], int, int], float], *, start_ms: float,
                        target_ms: float, state: list[int] | None = None,
-                       prefetch: Callable[[list[tuple[int, int]]], None] | None = None) -> tuple[list[int], float]:
+                       prefetch: Callable[[list[int], list[tuple[int, int]]], None] | None = None,
+                       ) -> tuple[list[int], float]:
     """Greedy: repeatedly take the move (group -> smaller candidate width) that loses the least importance per
     millisecond saved, until the predicted latency <= target_ms -> (candidate index per group, predicted ms).
 
-    cost(group_index, from_index, to_index) -> predicted ms change of that move given the current state (negative
-    saves time); prefetch(moves) lets the caller time all the moves' new layer shapes in one interleaved batch.
+    cost(state, group_index, to_index) -> predicted ms change of that move from `state` (candidate index per group;
+    negative saves time); prefetch(state, moves) lets the caller time all the moves' new layer shapes in one
+    interleaved batch.
     A move that does not save time (a slow odd width, noise) is never taken.
     """
     state = list(state or [0] * len(groups))
@@ -744,11 +746,11 @@ def select_for_latency(groups: list[BudgetGroup], cost: Callable[[int, int, int]
         if not moves:
             break
         if prefetch is not None:
-            prefetch([(gi, ci) for gi, ci in moves])
+            prefetch(state, moves)
         best = None
         for gi, ci in moves:
             g = groups[gi]
-            saved = -cost(gi, state[gi], ci)
+            saved = -cost(state, gi, ci)
             if saved <= 1e-9:
                 continue
             per_ms = g.lost(g.candidates[state[gi]], g.candidates[ci]) / saved
@@ -877,7 +879,7 @@ def _fill_up(model, spec, example_inputs, hi_model, lo_model, hi_summary, metric
 
 
 def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, lut_dir=None, lut_copy=None,
-                      max_rounds: int = 4, **kwargs) -> tuple[nn.Module, dict]:
+                      max_rounds: int = 5, ab_repeats: int = 31, **kwargs) -> tuple[nn.Module, dict]:
     """Prune until an interleaved A/B timing on this device meets prune.target.latency_ms / latency_ratio."""
     from compress.latency import LatencyLUT, ab_latency, host_id, lut_filename
 
@@ -911,67 +913,74 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
                         f"(batch {batch}, {device}, {threads} threads)")
 
     full = [g.width for g in groups]
-    base_dims = layers.dims(full)
-    base_table = lut.lookup(layers.sig(n, *d) for n, d in base_dims.items() if layers.calls(n))
-    layer_sum = sum(layers.calls(n) * base_table[layers.sig(n, *d).key] for n, d in base_dims.items()
-                    if layers.calls(n))
-    scale = start_ms / layer_sum  # the unmodelled rest (BN, activations, adds) taken as proportional
     state = [0] * len(groups)
 
     def widths_of(st):
         return [g.candidates[i] for g, i in zip(groups, st)]
 
-    def move_sigs(gi, ci):
-        trial = widths_of(state)
+    def move_sigs(st, gi, ci):
+        trial = widths_of(st)
         old = layers.dims(trial, layers.touching[gi])
         trial[gi] = groups[gi].candidates[ci]
         new = layers.dims(trial, layers.touching[gi])
         return old, new
 
-    def prefetch(moves):
+    def prefetch(st, moves):
         sigs = []
         for gi, ci in moves:
-            _, new = move_sigs(gi, ci)
+            _, new = move_sigs(st, gi, ci)
             sigs += [layers.sig(n, *d) for n, d in new.items() if layers.calls(n) and min(d) > 0]
         missing = [s for s in {s.key: s for s in sigs}.values() if s.key not in lut.table]
         for i in range(0, len(missing), 256):  # bounded memory: a chunk of freshly built layers at a time
             lut.lookup(missing[i:i + 256])
 
-    def move_cost(gi, frm, to):
-        old, new = move_sigs(gi, to)
-        delta = 0.0
-        for n in new:
-            if layers.calls(n):
-                delta += layers.calls(n) * (lut.table[layers.sig(n, *new[n]).key] - lut.table[layers.sig(n, *old[n]).key])
-        return delta * scale
+    def move_cost(st, gi, to):  # in LUT ms (the sum of the layers' own times)
+        old, new = move_sigs(st, gi, to)
+        return sum(layers.calls(n) * (lut.table[layers.sig(n, *new[n]).key] - lut.table[layers.sig(n, *old[n]).key])
+                   for n in new if layers.calls(n))
 
-    def predict(st):
-        dims = layers.dims(widths_of(st))
+    def layer_sum(widths):
+        dims = layers.dims(widths)
         table = lut.lookup(layers.sig(n, *d) for n, d in dims.items() if layers.calls(n))
-        return scale * sum(layers.calls(n) * table[layers.sig(n, *d).key] for n, d in dims.items() if layers.calls(n))
+        return sum(layers.calls(n) * table[layers.sig(n, *d).key] for n, d in dims.items() if layers.calls(n))
 
-    aim = budget_ms
+    full_sum = layer_sum(full)
+    # The search works in fractions f = layer_sum(widths) / layer_sum(full) of the start model's layer time. The
+    # prediction is baseline x (o + (1 - o) f): o is the share of time that does not shrink with the widths (BN,
+    # activations, adds, framework overhead), 0 in round 1 and fitted from each measured miss. Each round re-anchors
+    # on the baseline of its own A/B timing, because the load on a shared machine drifts.
+    overhead = 0.0
+    aim = (target.latency_ratio if target.latency_ratio is not None else budget_ms / start_ms)
     rounds = []
     pruned = summary = None
     for round_ in range(1, max_rounds + 1):
-        state, _ = select_for_latency(groups, move_cost, start_ms=predict(state), target_ms=aim, state=state,
-                                      prefetch=prefetch)
-        predicted = predict(state)
+        state, _ = select_for_latency(groups, move_cost, start_ms=layer_sum(widths_of(state)),
+                                      target_ms=aim * full_sum, state=state, prefetch=prefetch)
+        fraction = layer_sum(widths_of(state)) / full_sum
         keep = {g.root: w for g, w in zip(groups, widths_of(state))}
         pruned, summary = prune_model(model, spec, example, keep_widths=keep, **kwargs)
-        ab = ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device, threads=threads)
+        ab = ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device, threads=threads,
+                        repeats=ab_repeats)
         measured, baseline = ab["pruned"]["median_ms"], ab["start"]["median_ms"]
+        predicted = baseline * (overhead + (1 - overhead) * fraction)
         # a relative target is judged against the baseline of the same A/B run (load drifts between runs)
         goal = budget_ms if target.latency_ms is not None else target.latency_ratio * baseline
-        rounds.append({"round": round_, "aim_ms": round(aim, 3), "predicted_ms": round(predicted, 3),
+        rounds.append({"round": round_, "aim_fraction": round(aim, 4), "layer_fraction": round(fraction, 4),
+                       "overhead_share": round(overhead, 4), "predicted_ms": round(predicted, 3),
                        "measured_ms": round(measured, 3), "baseline_ms": round(baseline, 3),
                        "p10_ms": round(ab["pruned"]["p10_ms"], 3), "p90_ms": round(ab["pruned"]["p90_ms"], 3),
-                       "goal_ms": round(goal, 3), "met": measured <= goal})
+                       "baseline_p10_ms": round(ab["start"]["p10_ms"], 3),
+                       "baseline_p90_ms": round(ab["start"]["p90_ms"], 3), "goal_ms": round(goal, 3),
+                       "met": measured <= goal})
         log.info("latency round %d: predicted %.2f ms, measured %.2f ms (goal %.2f, baseline %.2f)", round_,
                  predicted, measured, goal, baseline)
         if measured <= goal:
             break
-        aim = min(aim, predicted) * goal / measured * 0.98  # prune further: aim lower by the measured miss
+        if fraction < 1:  # prune further: fit the fixed share to this miss and aim at the goal with 2% margin
+            overhead = min(max((measured / baseline - fraction) / (1 - fraction), 0.0), 0.9)
+        aim = min((goal / baseline * 0.98 - overhead) / (1 - overhead), fraction * 0.98)
+        if aim <= 0:
+            break
     pruned.train()
     last = rounds[-1]
     if lut_copy:
