@@ -347,7 +347,9 @@ def cmd_demo(args) -> int:
     with _progress() as bar:
         result = run_demo(quick=args.quick, force=args.force, out=args.out, data=args.data,
                           progress=lambda label: _train_progress(bar, label))
-    _console().print(result["report"])
+    from compress.report import print_table
+
+    print_table(result["rows"], console=_console())
     _console().print(f"\nruns, report and plots: [bold]{result['out']}[/]  (data root: {result['data_root']})")
     return 0
 

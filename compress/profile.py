@@ -203,7 +203,7 @@ def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, t
     import sys
 
     code = (
-        "import json,resource,sys,torch;from compress.profile import _step_peak;"
+        "import json;from compress.profile import _step_peak;"
         f"print(json.dumps(_step_peak({str(checkpoint)!r},{img_res},{batch_size},{train},{str(device)!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -213,8 +213,6 @@ def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, t
 
 
 def _step_peak(checkpoint: str, img_res: int, batch_size: int, train: bool, device: str) -> float:
-    import resource
-
     torch.set_num_threads(1)
     model, _ = load_any(checkpoint)
     model.to(device)
@@ -223,12 +221,61 @@ def _step_peak(checkpoint: str, img_res: int, batch_size: int, train: bool, devi
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    _one_step(model, x, opt)
-    if device.startswith("cuda"):
+        _one_step(model, x, opt)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    with _RssPeak() as peak:
+        _one_step(model, x, opt)
+    return peak.growth_mb
+
+
+class _RssPeak:
+    """Peak resident-set growth of this process across a block, in MiB (Linux).
+
+    Loading the model already set the process's high-water mark above what one step adds, so the mark is reset
+    first (`/proc/self/clear_refs` = 5) and read back from VmHWM; where that is not allowed, a thread samples
+    VmRSS every millisecond instead.
+    """
+
+    def __enter__(self):
+        import threading
+
+        self.base = _proc_status_kb("VmRSS")
+        self.hwm_reset = _reset_hwm()
+        self.samples = [self.base]
+        self.stop = threading.Event()
+        self.thread = None
+        if not self.hwm_reset:
+            self.thread = threading.Thread(target=self._poll, daemon=True)
+            self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.001):
+            self.samples.append(_proc_status_kb("VmRSS"))
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join()
+        peak = _proc_status_kb("VmHWM") if self.hwm_reset else max(self.samples)
+        self.growth_mb = max(0, peak - self.base) / 1024
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _one_step(model: nn.Module, x: torch.Tensor, opt) -> None:

@@ -1,0 +1,58 @@
+"""Profiling: memory estimate and measurement agree in order of magnitude, the cache is reused, latency stats."""
+import json
+
+import pytest
+import torch
+
+from compress import profile
+from compress.checkpoint import save_checkpoint
+from compress.models import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("prof") / "tiny.pt"
+    save_checkpoint(create_model("hmr_tiny", img_res=64), path)
+    return path
+
+
+def test_training_estimate_exceeds_inference_and_scales_with_batch():
+    model = create_model("hmr_tiny", img_res=64)
+    infer = profile.estimate_memory_mb(model, img_res=64, batch_size=1, train=False)
+    train4 = profile.estimate_memory_mb(model, img_res=64, batch_size=4, train=True)
+    train16 = profile.estimate_memory_mb(model, img_res=64, batch_size=16, train=True)
+    params_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
+    assert infer > params_mb
+    assert train4 > 4 * params_mb  # params + grads + two Adam moments, plus activations
+    assert train16 > train4
+
+
+def test_measured_training_peak_is_positive_and_near_the_estimate(tiny_ckpt):
+    measured = profile.measured_peak_memory_mb(str(tiny_ckpt), img_res=64, batch_size=32, train=True)
+    estimate = profile.estimate_memory_mb(create_model("hmr_tiny", img_res=64), img_res=64, batch_size=32, train=True)
+    assert measured > 0
+    assert 0.2 < measured / estimate < 10  # same order of magnitude (allocator overhead differs)
+
+
+def test_interleaved_latency_reports_every_model():
+    models = {"a": create_model("hmr_tiny", img_res=32), "b": create_model("hmr_tiny", img_res=32)}
+    stats = profile.interleaved_latency(models, img_res=32, batch_size=2, warmup=1, repeats=3)
+    assert set(stats) == {"a", "b"}
+    for s in stats.values():
+        assert s["repeats"] == 3 and s["p10_ms"] <= s["median_ms"] <= s["p90_ms"] and s["batch"] == 2
+
+
+def test_profile_is_cached_until_the_checkpoint_changes(tiny_ckpt, monkeypatch):
+    calls = []
+    real = profile._profile_model
+    monkeypatch.setattr(profile, "_profile_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(profile, "measured_peak_memory_mb", lambda *a, **k: 1.0)  # no subprocess here
+    first = profile.profile_checkpoint(tiny_ckpt, batch_sizes=(1,), repeats=2)
+    second = profile.profile_checkpoint(tiny_ckpt, batch_sizes=(1,), repeats=2)
+    assert calls == [1] and first == second
+    assert first["params_total"] == 41_693
+    cache = json.loads(tiny_ckpt.with_name(tiny_ckpt.name + ".profile.json").read_text())
+    assert cache["profile"]["macs"] == first["macs"]
+    profile.profile_checkpoint(tiny_ckpt, batch_sizes=(1,), repeats=2, retime=True)
+    assert calls == [1, 1]
