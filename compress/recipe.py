@@ -438,7 +438,10 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Iterable[str] = (), *
 def recipe_to_dict(obj: Any) -> Any:
     """A recipe (or any section) as plain YAML-ready data, with YAML key spellings."""
     if dataclasses.is_dataclass(obj):
-        return {yaml_key(f): recipe_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {yaml_key(f): recipe_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, PruneSpec) and obj.target is not None:
+            del out["ratio"]  # exactly one of ratio / target: a saved recipe must load again
+        return out
     if isinstance(obj, (list, tuple)):
         return [recipe_to_dict(v) for v in obj]
     if isinstance(obj, dict):
