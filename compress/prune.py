@@ -979,8 +979,10 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
         if fraction < 1:  # prune further: fit the fixed share to this miss and aim at the goal with 2% margin
             overhead = min(max((measured / baseline - fraction) / (1 - fraction), 0.0), 0.9)
         aim = min((goal / baseline * 0.98 - overhead) / (1 - overhead), fraction * 0.98)
-        if aim <= 0:
-            break
+        if aim <= 0:  # the fitted fixed share says out of reach: still try a proportional step
+            aim = fraction * goal / measured * 0.98
+        if rounds[-1]["layer_fraction"] == (rounds[-2]["layer_fraction"] if len(rounds) > 1 else None):
+            break  # the search cannot cut any further (max_layer_ratio)
     pruned.train()
     last = rounds[-1]
     if lut_copy:

@@ -175,3 +175,27 @@ def test_no_torch_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+def test_set_keeps_dotted_module_names_as_one_key_in_mapping_fields():
+    data = apply_overrides({}, ["prune.ratio_by_module.encoder.features.3=0.5", "model.overrides.encoder_head=logits",
+                                "data.image_roots.lsp-orig=/x/y.z", "prune.ratio=0.3", "prune.target.params=5"])
+    assert data["prune"]["ratio_by_module"] == {"encoder.features.3": 0.5}
+    assert data["model"]["overrides"] == {"encoder_head": "logits"}
+    assert data["data"]["image_roots"] == {"lsp-orig": "/x/y.z"}
+    assert data["prune"]["ratio"] == 0.3 and data["prune"]["target"] == {"params": 5}
+    recipe = recipe_from_dict(apply_overrides({"prune": {"ratio_by_module": {"fc1": 0.2}}},
+                                              ["prune.ratio_by_module.encoder.features.3=0.5"]))
+    assert recipe.prune.ratio_by_module == {"fc1": 0.2, "encoder.features.3": 0.5}
+
+
+def test_prune_target_exactly_one_and_saved_target_recipe_reloads(tmp_path):
+    with pytest.raises(UserError, match="exactly one of"):
+        recipe_from_dict({"prune": {"target": {"params": 10, "latency_ratio": 0.5}}})
+    with pytest.raises(UserError, match="either `ratio` or `target`"):
+        recipe_from_dict({"prune": {"ratio": 0.3, "target": {"params": 10}}})
+    with pytest.raises(UserError, match="device"):
+        recipe_from_dict({"prune": {"target": {"latency_ms": 5, "device": "tpu"}}})
+    recipe = recipe_from_dict({"prune": {"target": {"latency_ratio": 0.5, "threads": 1}}})
+    assert "ratio" not in recipe_to_dict(recipe)["prune"]  # one of ratio / target survives a save
+    assert load_recipe(save_recipe(recipe, tmp_path / "r.yaml")).prune.target == recipe.prune.target
