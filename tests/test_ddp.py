@@ -101,3 +101,27 @@ def test_two_process_ddp_matches_single_process(tmp_path):
             assert torch.equal(a, b), key
     assert moved > 10
     assert abs(r0["loss"] - single["loss"]) < 1e-4 * max(1.0, abs(single["loss"]))
+
+
+def test_torchrun_compress_finetune_end_to_end(tmp_path):
+    """The real entry point: `torchrun --nproc_per_node=2 -m compress -- finetune --run DIR` (the `--` keeps
+    torchrun's own option parser from reading `--run` as an abbreviation of its `--run-path`)."""
+    from compress.checkpoint import save_checkpoint
+    from compress.data.synthetic import generate_root
+    from compress.models import create_model
+    from compress.recipe import DataSpec, EvalSpec, ModelSpec, Recipe, TrainSpec, save_recipe
+
+    root = generate_root(tmp_path / "root", size="small")
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    save_checkpoint(create_model("hmr_tiny", img_res=32), run / "pruned.pt", stage="P1")
+    spec = TrainSpec(epochs=1, steps_per_epoch=2, batch_size=2, lr=1e-3, amp=False, log_every=1)
+    recipe = Recipe(name="ddp", model=ModelSpec(name="hmr_tiny", img_res=32), data=DataSpec(root=str(root), workers=0),
+                    finetune=spec, eval=EvalSpec(datasets=["h36m-p1"], batch_size=4, subset=2, workers=0))
+    save_recipe(recipe, run / "recipe.yaml")
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "compress", "--",
+          "finetune", "--run", str(run)], tmp_path)
+    meta = torch.load(run / "finetuned.pt", weights_only=True)
+    assert meta["stage"] == "FT(1)" and meta["train"]["steps"] == 2 and "h36m-p1" in meta["metrics"]
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # rank 0 alone writes: 2 step records and 1 epoch record

@@ -194,8 +194,9 @@ def root(tmp_path_factory):
 def _recipe(root, *, epochs=2, steps=2, workers=0, distill=None, eval_sets=("h36m-p1",)) -> Recipe:
     spec = TrainSpec(epochs=epochs, steps_per_epoch=steps, batch_size=2, lr=1e-3, log_every=1, amp=False,
                      distill=distill)
-    return Recipe(name="t", model=ModelSpec(name="hmr_tiny", img_res=32), data=DataSpec(root=str(root), workers=workers),
-                  train=spec, finetune=spec, eval=EvalSpec(datasets=list(eval_sets), batch_size=4, subset=4, workers=0))
+    data = DataSpec(root=str(root), workers=workers)
+    return Recipe(name="t", model=ModelSpec(name="hmr_tiny", img_res=32), data=data, train=spec, finetune=spec,
+                  eval=EvalSpec(datasets=list(eval_sets), batch_size=4, subset=4, workers=0))
 
 
 @pytest.fixture(autouse=True)
