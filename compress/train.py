@@ -1,8 +1,10 @@
 """Training and fine-tuning: one loop for `compress train` (a baseline) and `compress finetune` (a pruned run).
 
 Plain functions: `train_step`, `train_one_epoch`, `fit`, and the entry points `run_train` / `run_finetune`.
-SPIN's losses without the discriminator and without SMPLify in the loop (compress.losses); Adam, constant LR by
-default (SPIN). Evaluation is compress.eval.protocols.evaluate, the one evaluation function.
+SPIN's losses without the discriminator and without SMPLify in the loop (compress.losses); SPIN's static fits
+(`<root>/static_fits`) are the SMPL targets of samples without SMPL ground truth when present. Adam, constant LR
+(SPIN). The losses call a joints-only SMPL (`SMPLJoints`) unless the vertex loss is on. Evaluation is
+compress.eval.protocols.evaluate, the one evaluation function.
 
 Exact resume: every epoch starts by seeding torch/numpy/python from (seed, epoch, rank) and builds its DataLoader
 with a generator seeded the same way (the DistributedSampler order depends on seed + epoch only), so the random
