@@ -6,7 +6,9 @@ pruning at the same MACs?
 (b) A uniformly ratio-pruned MobileNetV2 (local L2) with at most the same MACs (`prune.target.macs` = the MACs of
     (a)), timed interleaved against (a) and the unpruned model.
 
-Single thread (`torch.set_num_threads(1)`): the machine is shared and loaded; medians and p10-p90 are printed.
+Single thread (`torch.set_num_threads(1)`): the machine is shared and loaded. Printed: medians and p10-p90 of each
+model, and the per-round paired ratios (model_i / other_i within one interleaved round), which are robust to the
+load drifting during the run. `--trials N` repeats the final timing N times.
 
     python benchmarks/bench_budget.py --quick        # 128 px
     python benchmarks/bench_budget.py                # 224 px
@@ -25,9 +27,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.models import create_model  # noqa: E402
+from compress.latency import paired_ratio  # noqa: E402
 from compress.profile import interleaved_latency  # noqa: E402
 from compress.prune import prune_model  # noqa: E402
 from compress.recipe import PruneSpec, PruneTarget  # noqa: E402
+
+
+def _interleaved(models: dict, *, img_res: int, repeats: int) -> dict:
+    """compress.profile.interleaved_latency plus the raw samples (round i of every model), for paired ratios."""
+    import time as _time
+
+    x = torch.randn(1, 3, img_res, img_res)
+    with torch.no_grad():
+        for m in models.values():
+            for _ in range(5):
+                m(x)
+        samples = {k: [] for k in models}
+        for _ in range(repeats):
+            for key, m in models.items():
+                start = _time.perf_counter()
+                m(x)
+                samples[key].append((_time.perf_counter() - start) * 1000.0)
+    out = interleaved_latency(models, img_res=img_res, batch_size=1, warmup=1, repeats=3)  # same code path check
+    for key, v in samples.items():
+        q = sorted(v)
+        out[key] = {"median_ms": q[len(q) // 2], "p10_ms": q[len(q) // 10], "p90_ms": q[(len(q) * 9) // 10],
+                    "samples_ms": v}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-res", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=41, help="interleaved timing rounds of the final comparison")
     ap.add_argument("--lut-dir", default="runs/.latency_lut", help="latency LUT cache (reused across runs)")
+    ap.add_argument("--trials", type=int, default=1, help="repeat the final interleaved timing this many times")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     res = args.img_res or (128 if args.quick else 224)
@@ -52,35 +79,40 @@ def main(argv: list[str] | None = None) -> int:
     macs = s_fast["after"]["macs"]
     uniform, s_uni = prune_model(model, PruneSpec(target=PruneTarget(macs=macs)), example)
 
-    timing = interleaved_latency({"unpruned": model, "latency": fast.eval(), "uniform": uniform.eval()},
-                                 img_res=res, batch_size=1, warmup=5, repeats=args.repeats)
-    base = timing["unpruned"]["median_ms"]
     print(f"HMR-MobileNetV2, {res} px, batch 1, 1 thread, cpu; final timing: {args.repeats} interleaved rounds")
     print(f"(a) latency target 0.5x: search {search_s:.0f} s, {len(target['rounds'])} round(s), LUT "
           f"{target['lut_entries']} shapes ({target['lut_loaded']} cached)")
     for r in target["rounds"]:
         print(f"    round {r['round']}: predicted {r['predicted_ms']:.2f} ms, measured {r['measured_ms']:.2f} ms "
-              f"(p10-p90 {r['p10_ms']:.2f}-{r['p90_ms']:.2f}) vs baseline {r['baseline_ms']:.2f} ms, goal "
-              f"{r['goal_ms']:.2f} ms -> {'met' if r['met'] else 'missed'}")
-    rows = []
-    for key, s in (("unpruned", None), ("latency", s_fast), ("uniform", s_uni)):
-        t = timing[key]
-        params = s["after"]["params_total"] if s else s_fast["before"]["params_total"]
-        m = s["after"]["macs"] if s else s_fast["before"]["macs"]
-        rows.append({"model": key, "params": params, "macs": m, **{k: round(v, 3) for k, v in t.items()
-                                                                    if isinstance(v, float)}})
-        print(f"  {key:9s} params {params:>10,}  MACs {m:>12,}  median {t['median_ms']:7.2f} ms  "
-              f"p10-p90 {t['p10_ms']:.2f}-{t['p90_ms']:.2f}  = {t['median_ms'] / base:.3f}x unpruned")
-    ratio = timing["latency"]["median_ms"] / base
-    print(f"(a) latency-targeted / unpruned = {ratio:.3f} (target 0.5) -> {'MET' if ratio <= 0.5 else 'MISSED'} "
-          f"in this timing")
-    speed = timing["uniform"]["median_ms"] / timing["latency"]["median_ms"]
-    print(f"(b) at <= equal MACs ({macs:,} vs {s_uni['after']['macs']:,}, uniform ratio {s_uni['ratio']}): "
-          f"uniform / latency-targeted = {speed:.3f} -> latency-targeted is "
-          f"{'faster' if speed > 1 else 'NOT faster'}")
+              f"(p10-p90 {r['p10_ms']:.2f}-{r['p90_ms']:.2f}) vs baseline {r['baseline_ms']:.2f} ms, per-round ratio "
+              f"{r['paired_ratio']:.3f} -> {'met' if r['met'] else 'missed'}")
+    models = {"unpruned": model, "latency": fast.eval(), "uniform": uniform.eval()}
+    summaries = {"unpruned": None, "latency": s_fast, "uniform": s_uni}
+    trials = []
+    for trial in range(args.trials):
+        timing = _interleaved(models, img_res=res, repeats=args.repeats)
+        base = timing["unpruned"]["median_ms"]
+        print(f"trial {trial + 1}/{args.trials}:")
+        rows = []
+        for key, s in summaries.items():
+            t = timing[key]
+            params = s["after"]["params_total"] if s else s_fast["before"]["params_total"]
+            m = s["after"]["macs"] if s else s_fast["before"]["macs"]
+            rows.append({"model": key, "params": params, "macs": m, "median_ms": round(t["median_ms"], 3),
+                         "p10_ms": round(t["p10_ms"], 3), "p90_ms": round(t["p90_ms"], 3)})
+            print(f"  {key:9s} params {params:>10,}  MACs {m:>12,}  median {t['median_ms']:7.2f} ms  "
+                  f"p10-p90 {t['p10_ms']:.2f}-{t['p90_ms']:.2f}  = {t['median_ms'] / base:.3f}x unpruned")
+        a = paired_ratio(timing["latency"]["samples_ms"], timing["unpruned"]["samples_ms"])
+        b = paired_ratio(timing["uniform"]["samples_ms"], timing["latency"]["samples_ms"])
+        print(f"  (a) latency-targeted / unpruned, per round: median {a['median']:.3f} (p10-p90 {a['p10']:.3f}-"
+              f"{a['p90']:.3f}), target 0.5 -> {'MET' if a['median'] <= 0.5 else 'MISSED'}")
+        print(f"  (b) uniform / latency-targeted at <= equal MACs ({macs:,} vs {s_uni['after']['macs']:,}, uniform "
+              f"ratio {s_uni['ratio']}), per round: median {b['median']:.3f} (p10-p90 {b['p10']:.3f}-{b['p90']:.3f})"
+              f" -> latency-targeted is {'faster' if b['median'] > 1 else 'NOT faster'}")
+        trials.append({"rows": rows, "latency_over_unpruned": a, "uniform_over_latency": b})
     if args.json:
-        Path(args.json).write_text(json.dumps({"img_res": res, "rows": rows, "rounds": target["rounds"],
-                                               "ratio_to_unpruned": ratio, "uniform_over_latency": speed}, indent=2))
+        Path(args.json).write_text(json.dumps({"img_res": res, "rounds": target["rounds"], "trials": trials,
+                                               "groups": target["groups"]}, indent=2))
     return 0
 
 

@@ -178,7 +178,8 @@ class _threads:
 @torch.no_grad()
 def ab_latency(models: dict[str, nn.Module], *, img_res: int, batch: int = 1, device: str | torch.device = "cpu",
                threads: int | None = None, warmup: int = 3, repeats: int = 21) -> dict[str, dict]:
-    """Whole-model latency timed in alternation (A B A B ...): median, p10, p90 in ms per model."""
+    """Whole-model latency timed in alternation (A B A B ...): median, p10, p90 in ms per model, and the raw
+    `samples_ms` (sample i of every model comes from the same round, so per-round ratios can be paired)."""
     device = torch.device(device)
     x = torch.randn(batch, 3, img_res, img_res, device=device)
     with _threads(threads):
@@ -197,5 +198,13 @@ def ab_latency(models: dict[str, nn.Module], *, img_res: int, batch: int = 1, de
     out = {}
     for key, v in samples.items():
         q = statistics.quantiles(v, n=10) if len(v) >= 2 else [v[0]] * 9
-        out[key] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(v)}
+        out[key] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(v),
+                    "samples_ms": v}
     return out
+
+
+def paired_ratio(a: list[float], b: list[float]) -> dict:
+    """Median and p10/p90 of a_i / b_i over rounds of an interleaved timing (robust to slow drifts in load)."""
+    ratios = [x / y for x, y in zip(a, b)]
+    q = statistics.quantiles(ratios, n=10) if len(ratios) >= 2 else [ratios[0]] * 9
+    return {"median": statistics.median(ratios), "p10": q[0], "p90": q[-1]}

@@ -878,10 +878,13 @@ def _fill_up(model, spec, example_inputs, hi_model, lo_model, hi_summary, metric
     return best
 
 
+LATENCY_MARGIN = 0.95  # aim 5% under a latency goal: repeated A/B timings on a loaded machine differ by a few %
+
+
 def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, lut_dir=None, lut_copy=None,
                       max_rounds: int = 5, ab_repeats: int = 31, **kwargs) -> tuple[nn.Module, dict]:
     """Prune until an interleaved A/B timing on this device meets prune.target.latency_ms / latency_ratio."""
-    from compress.latency import LatencyLUT, ab_latency, host_id, lut_filename
+    from compress.latency import LatencyLUT, ab_latency, host_id, lut_filename, paired_ratio
 
     target = spec.target
     device = torch.device(target.device)
@@ -950,7 +953,7 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
     # activations, adds, framework overhead), 0 in round 1 and fitted from each measured miss. Each round re-anchors
     # on the baseline of its own A/B timing, because the load on a shared machine drifts.
     overhead = 0.0
-    aim = (target.latency_ratio if target.latency_ratio is not None else budget_ms / start_ms)
+    aim = (target.latency_ratio if target.latency_ratio is not None else budget_ms / start_ms) * LATENCY_MARGIN
     rounds = []
     pruned = summary = None
     for round_ in range(1, max_rounds + 1):
@@ -962,25 +965,34 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
         ab = ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device, threads=threads,
                         repeats=ab_repeats)
         measured, baseline = ab["pruned"]["median_ms"], ab["start"]["median_ms"]
+        pair = paired_ratio(ab["pruned"]["samples_ms"], ab["start"]["samples_ms"])
         predicted = baseline * (overhead + (1 - overhead) * fraction)
-        # a relative target is judged against the baseline of the same A/B run (load drifts between runs)
-        goal = budget_ms if target.latency_ms is not None else target.latency_ratio * baseline
+        # A relative target is judged against the baseline of the same A/B run, by the median of the per-round
+        # ratios (pruned_i / baseline_i: robust to load drifting during the run); an absolute one by the median.
+        if target.latency_ms is not None:
+            goal, met = budget_ms, measured <= budget_ms
+        else:
+            goal, met = target.latency_ratio * baseline, pair["median"] <= target.latency_ratio
         rounds.append({"round": round_, "aim_fraction": round(aim, 4), "layer_fraction": round(fraction, 4),
                        "overhead_share": round(overhead, 4), "predicted_ms": round(predicted, 3),
                        "measured_ms": round(measured, 3), "baseline_ms": round(baseline, 3),
                        "p10_ms": round(ab["pruned"]["p10_ms"], 3), "p90_ms": round(ab["pruned"]["p90_ms"], 3),
                        "baseline_p10_ms": round(ab["start"]["p10_ms"], 3),
                        "baseline_p90_ms": round(ab["start"]["p90_ms"], 3), "goal_ms": round(goal, 3),
-                       "met": measured <= goal})
+                       "paired_ratio": round(pair["median"], 4), "paired_ratio_p10": round(pair["p10"], 4),
+                       "paired_ratio_p90": round(pair["p90"], 4), "met": met})
         log.info("latency round %d: predicted %.2f ms, measured %.2f ms (goal %.2f, baseline %.2f)", round_,
                  predicted, measured, goal, baseline)
-        if measured <= goal:
+        if met:
             break
-        if fraction < 1:  # prune further: fit the fixed share to this miss and aim at the goal with 2% margin
-            overhead = min(max((measured / baseline - fraction) / (1 - fraction), 0.0), 0.9)
-        aim = min((goal / baseline * 0.98 - overhead) / (1 - overhead), fraction * 0.98)
+        # share of the baseline measured now, and the share wanted (paired per-round ratio for relative targets)
+        observed = pair["median"] if target.latency_ratio is not None else measured / baseline
+        wanted = target.latency_ratio if target.latency_ratio is not None else budget_ms / baseline
+        if fraction < 1:  # prune further: fit the fixed share to this miss and aim at the goal with the margin
+            overhead = min(max((observed - fraction) / (1 - fraction), 0.0), 0.9)
+        aim = min((wanted * LATENCY_MARGIN - overhead) / (1 - overhead), fraction * 0.98)
         if aim <= 0:  # the fitted fixed share says out of reach: still try a proportional step
-            aim = fraction * goal / measured * 0.98
+            aim = fraction * wanted / observed * LATENCY_MARGIN
         if rounds[-1]["layer_fraction"] == (rounds[-2]["layer_fraction"] if len(rounds) > 1 else None):
             break  # the search cannot cut any further (max_layer_ratio)
     pruned.train()
@@ -998,13 +1010,14 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
         "lut_loaded": lut.loaded, "lut_measured": lut.measured, "search_seconds": round(time.perf_counter() - t0, 1),
         "groups": {g.root: [g.width, w] for g, w in zip(groups, widths) if w != g.width},
     }
-    what = (f"{target.latency_ratio:g} x start {start_ms:.2f} ms" if target.latency_ratio is not None
+    what = (f"{target.latency_ratio:g} x the start model" if target.latency_ratio is not None
             else f"{budget_ms:.2f} ms")
     notes = summary["notes"]
     notes.append(f"target: latency <= {what} at batch {batch} on {device} ({threads} threads): predicted "
                  f"{last['predicted_ms']:.2f} ms, measured {last['measured_ms']:.2f} ms "
                  f"(p10-p90 {last['p10_ms']:.2f}-{last['p90_ms']:.2f}) vs baseline {last['baseline_ms']:.2f} ms in an "
-                 f"interleaved A/B timing -> {'met' if last['met'] else 'NOT met'}"
+                 f"interleaved A/B timing (per-round ratio {last['paired_ratio']:.3f}, p10-p90 "
+                 f"{last['paired_ratio_p10']:.3f}-{last['paired_ratio_p90']:.3f}) -> {'met' if last['met'] else 'NOT met'}"
                  f" after {len(rounds)} round{'s' if len(rounds) > 1 else ''}")
     if not last["met"]:
         notes.append(f"target: the latency goal {last['goal_ms']:.2f} ms was not reached in {max_rounds} rounds; "

@@ -445,7 +445,7 @@ def _fake_timers(monkeypatch):
         out = {}
         for key, m in models.items():
             ms = 1e-6 * cost(m, torch.zeros(1, 3, img_res, img_res))["macs"]
-            out[key] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "repeats": 1}
+            out[key] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "repeats": 3, "samples_ms": [ms] * 3}
         return out
 
     monkeypatch.setattr(latency, "time_layers", time_layers)
@@ -473,3 +473,23 @@ def test_latency_lut_is_built_cached_and_reused(tmp_path, monkeypatch, img):
     assert calls == [] and second["target"]["lut_loaded"] == len(entries)  # read from the file, nothing timed
     assert second["target"]["groups"] == target["groups"]
     assert "predicted" in " ".join(second["notes"]) and "measured" in " ".join(second["notes"])
+
+
+def test_keep_widths_cuts_each_group_to_its_width_and_stays_equivalent(img):
+    # the budget searches prune by {group root: kept width}; the soft-mask check proves the cut is consistent
+    from compress.prune import budget_groups
+
+    torch.manual_seed(0)
+    model = create_model("hmr_mobilenet_v2", img_res=RES).eval()
+    _randomise_bn(model)
+    groups = budget_groups(model, {}, img)
+    assert groups and all(g.scores == sorted(g.scores) for g in groups)
+    keep = {g.root: max(1, (g.width // 2) // 8 * 8 or g.width // 2) for g in groups[::3]}
+    pruned, summary = prune_model(model, {}, img, keep_widths=keep, track_channels=True)
+    for root, width in keep.items():
+        layer = pruned.get_submodule(root)
+        assert (layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features) == width, root
+    untouched = [g.root for g in groups if g.root not in keep]
+    assert all(summary["widths"].get(r, {"after": [0, -1]})["after"][1] in (-1, g.width)
+               for g in groups for r in [g.root] if r in untouched)
+    assert_soft_mask_equivalent(model, pruned, summary, img)
