@@ -28,7 +28,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-LUT_VERSION = 1
+LUT_VERSION = 2
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class LayerSig:
     height: int = 1
     width: int = 1
     bias: bool = True
+    post: str = ""  # what follows the conv in the model and is timed with it: "bn", "bn+relu6", ...
 
     @property
     def key(self) -> str:
@@ -53,15 +55,19 @@ class LayerSig:
             return f"linear:{self.cin}x{self.cout}:b{int(self.bias)}"
         k, s, p, d = (f"{a}x{b}" for a, b in (self.kernel, self.stride, self.padding, self.dilation))
         return (f"conv:{self.cin}>{self.cout}:k{k}:s{s}:p{p}:d{d}:g{self.groups}:{self.height}x{self.width}"
-                f":b{int(self.bias)}")
+                f":b{int(self.bias)}" + (f":{self.post}" if self.post else ""))
 
     def build(self, batch: int, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
         if self.kind == "linear":
             return nn.Linear(self.cin, self.cout, bias=self.bias).to(device), torch.randn(batch, self.cin,
                                                                                           device=device)
         layer = nn.Conv2d(self.cin, self.cout, self.kernel, self.stride, self.padding, self.dilation, self.groups,
-                          bias=self.bias).to(device)
-        return layer, torch.randn(batch, self.cin, self.height, self.width, device=device)
+                          bias=self.bias)
+        parts = [layer]
+        for name in filter(None, self.post.split("+")):
+            parts.append(nn.BatchNorm2d(self.cout) if name == "bn" else ACTIVATIONS[name]())
+        block = (nn.Sequential(*parts) if len(parts) > 1 else layer).to(device).eval()
+        return block, torch.randn(batch, self.cin, self.height, self.width, device=device)
 
 
 def _sync(device: torch.device) -> None:

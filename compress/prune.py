@@ -656,6 +656,32 @@ def _layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, dict]:
     return shapes
 
 
+def _post_ops(model: nn.Module) -> dict[str, str]:
+    """{conv name: "bn+relu6"}: the BatchNorm and activation that follow a conv in its Sequential, so the LUT
+    times them with it (their cost scales with the conv's width, not with its MACs)."""
+    from compress.latency import ACTIVATIONS
+
+    kinds = {cls: key for key, cls in ACTIVATIONS.items()}
+    out = {}
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for i, (name, m) in enumerate(children):
+            if not isinstance(m, nn.Conv2d):
+                continue
+            post = []
+            rest = [c for _, c in children[i + 1:i + 3]]
+            if rest and isinstance(rest[0], nn.BatchNorm2d):
+                post.append("bn")
+                rest = rest[1:]
+                if rest and type(rest[0]) in kinds:
+                    post.append(kinds[type(rest[0])])
+            if post:
+                out[f"{parent_name}.{name}" if parent_name else name] = "+".join(post)
+    return out
+
+
 class _LayerModel:
     """Per-layer widths as a function of the groups' kept widths, and the layer signatures/costs they give."""
 
@@ -665,6 +691,7 @@ class _LayerModel:
         self.shapes = _layer_shapes(model, example)
         self.base = {n: layer_widths_of(m) for n, m in self.layers.items()}
         self.touching: dict[int, list[str]] = {i: sorted({n for n, _ in g.layers}) for i, g in enumerate(groups)}
+        self.post = _post_ops(model)
 
     def dims(self, widths: list[int], names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
         names = set(self.layers if names is None else names)
@@ -691,7 +718,8 @@ class _LayerModel:
         depthwise = 1 < m.groups == m.in_channels == m.out_channels
         h, w = self.shapes.get(name, {}).get("hw", [1, 1])
         return LayerSig("conv", cin, cout, tuple(m.kernel_size), tuple(m.stride), tuple(m.padding),
-                        tuple(m.dilation), cout if depthwise else m.groups, h, w, m.bias is not None)
+                        tuple(m.dilation), cout if depthwise else m.groups, h, w, m.bias is not None,
+                        self.post.get(name, ""))
 
     def calls(self, name: str) -> int:
         return int(self.shapes.get(name, {}).get("calls", 0))
