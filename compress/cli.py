@@ -24,14 +24,20 @@ EVAL_KEYS = "3dpw,mpi-inf-3dhp,h36m-p1,h36m-p2,lsp"
 # ----------------------------------------------------------------------------------------------- helpers
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 talks to the terminal."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, quiet=_rank() != 0)
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False))
+    if _rank() == 0:
+        print(json.dumps(obj, indent=2, sort_keys=False))
 
 
 def data_root(arg: str | None, recipe_root: str | None = None) -> str:
@@ -421,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("finetune", help="fine-tune a pruned run (default: runs/latest), e.g. --epochs 20 for FT(20)")
-    p.add_argument("--run", default=None, metavar="DIR", help="run directory (default: runs/latest)")
+    p.add_argument("--run", "--run-dir", dest="run", default=None, metavar="DIR",
+                   help="run directory (default: runs/latest); under torchrun spell it --run-dir")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's finetune.epochs)")
     _add_common(p, data=True, recipe_set=True)
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
@@ -484,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(debug: bool) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s",
+    level = logging.DEBUG if debug else (logging.INFO if _rank() == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(console=_console(stderr=True), show_path=debug, show_time=False)])
 
 
