@@ -482,7 +482,8 @@ def prune_model(model: nn.Module, spec, example_inputs: torch.Tensor, *, loss_fn
     by_module = _named(model, spec.ratio_by_module, key="ratio_by_module")
     ignored = list(heads.values()) + list(extra.values()) + _scope_ignored(model, spec.scope)
     ignored_set = {sub for m in ignored for sub in m.modules()}
-    _preflight(model, spec, ignored_set, dict(spec.ratio_by_module))
+    if keep_widths is None:  # given widths are checked by the search that chose them
+        _preflight(model, spec, ignored_set, dict(spec.ratio_by_module))
 
     importance = _importance(spec.importance, notes)
     shuffles = [m for m in model.modules() if isinstance(m, ChannelShuffle)]
@@ -1029,7 +1030,7 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
         lut.save(lut_copy)
     widths = widths_of(state)
     odd = [g.root for g, w in zip(groups, widths) if w != g.width and w % multiple]
-    summary["ratio"] = None
+    del summary["ratio"]  # no single channel ratio: each group has its own width (target.groups)
     summary["target"] = {
         "metric": "latency_ms", "budget": round(budget_ms, 3), "batch": batch, "device": str(device),
         "threads": threads, "start_ms": round(start_ms, 3), "predicted_ms": last["predicted_ms"],
@@ -1041,12 +1042,13 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
     what = (f"{target.latency_ratio:g} x the start model" if target.latency_ratio is not None
             else f"{budget_ms:.2f} ms")
     notes = summary["notes"]
-    notes.append(f"target: latency <= {what} at batch {batch} on {device} ({threads} threads): predicted "
+    plural = "s" if threads > 1 else ""
+    notes.append(f"target: latency <= {what} at batch {batch} on {device} ({threads} thread{plural}): predicted "
                  f"{last['predicted_ms']:.2f} ms, measured {last['measured_ms']:.2f} ms "
                  f"(p10-p90 {last['p10_ms']:.2f}-{last['p90_ms']:.2f}) vs baseline {last['baseline_ms']:.2f} ms in an "
                  f"interleaved A/B timing (per-round ratio {last['paired_ratio']:.3f}, p10-p90 "
-                 f"{last['paired_ratio_p10']:.3f}-{last['paired_ratio_p90']:.3f}) -> {'met' if last['met'] else 'NOT met'}"
-                 f" after {len(rounds)} round{'s' if len(rounds) > 1 else ''}")
+                 f"{last['paired_ratio_p10']:.3f}-{last['paired_ratio_p90']:.3f}) -> "
+                 f"{'met' if last['met'] else 'NOT met'} after {len(rounds)} round{'s' if len(rounds) > 1 else ''}")
     if not last["met"]:
         notes.append(f"target: the latency goal {last['goal_ms']:.2f} ms was not reached in {max_rounds} rounds; "
                      "the machine may be loaded (re-run) or the budget is below what max_layer_ratio allows")
