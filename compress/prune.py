@@ -1049,6 +1049,10 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
                  f"interleaved A/B timing (per-round ratio {last['paired_ratio']:.3f}, p10-p90 "
                  f"{last['paired_ratio_p10']:.3f}-{last['paired_ratio_p90']:.3f}) -> "
                  f"{'met' if last['met'] else 'NOT met'} after {len(rounds)} round{'s' if len(rounds) > 1 else ''}")
+    unused = [k for k, on in (("ratio_by_module", spec.ratio_by_module), ("global", spec.global_),
+                              ("iterative_steps", spec.iterative_steps > 1)) if on]
+    if unused:
+        notes.append(f"target: the latency search ignores prune.{', prune.'.join(unused)}")
     if not last["met"]:
         notes.append(f"target: the latency goal {last['goal_ms']:.2f} ms was not reached in {max_rounds} rounds; "
                      "the machine may be loaded (re-run) or the budget is below what max_layer_ratio allows")
