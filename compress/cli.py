@@ -124,17 +124,22 @@ def cmd_data_cache(args) -> int:
 # ----------------------------------------------------------------------------------------------- eval
 
 
+def _eval_progress(bar):
+    tasks: dict[str, int] = {}
+
+    def progress(key, done, total):
+        if key not in tasks:
+            tasks[key] = bar.add_task(f"eval {key}", total=total)
+        bar.update(tasks[key], completed=done)
+
+    return progress
+
+
 def cmd_eval(args) -> int:
     from compress.eval.protocols import evaluate_checkpoint, format_results_table
 
     with _progress() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(key, done, total):
-            if key not in tasks:
-                tasks[key] = bar.add_task(f"eval {key}", total=total)
-            bar.update(tasks[key], completed=done)
-
+        progress = _eval_progress(bar)
         results = evaluate_checkpoint(
             args.checkpoint, root=data_root(args.data), datasets=args.datasets.split(","),
             strict=args.datasets != EVAL_KEYS, subset=args.subset, batch_size=args.batch_size,
@@ -201,10 +206,20 @@ def cmd_prune(args) -> int:
     from compress.prune import run_prune
 
     summary = run_prune(recipe, out_dir=args.out)
+    if args.eval:
+        from compress.eval.protocols import evaluate_into_run
+
+        with _progress() as bar:
+            summary["metrics"] = evaluate_into_run(summary["checkpoint"], recipe,
+                                                   progress=_eval_progress(bar))
     if args.json:
         _print_json(summary)
     else:
         _print_prune_summary(summary)
+        if summary.get("metrics"):
+            from compress.eval.protocols import format_results_table
+
+            _print_rows(format_results_table(summary["metrics"]), title="pruned, before fine-tuning")
     return 0
 
 
@@ -423,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, e.g. recipes/mbv2_p1.yaml")
     _add_common(p, data=True, recipe_set=True)
     p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--eval", action="store_true",
+                   help="also evaluate the pruned model (before fine-tuning) on the recipe's eval datasets")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_prune)
 

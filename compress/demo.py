@@ -79,6 +79,7 @@ def run_demo(
 
 
 def _prune_and_finetune(name, out, start, teacher, common, size, epochs, bar) -> Path:
+    from compress.eval.protocols import evaluate_into_run
     from compress.prune import run_prune
     from compress.recipe import load_recipe
     from compress.train import run_finetune
@@ -87,7 +88,9 @@ def _prune_and_finetune(name, out, start, teacher, common, size, epochs, bar) ->
     if not (run / "pruned.pt").exists():
         overrides = common + [f"prune.from={start}", f"finetune.distill.teacher={teacher}"]
         overrides += _schedule("finetune", size, epochs, size.ft_steps)
-        run_prune(load_recipe(RECIPES / f"{name}.yaml", overrides, env=False), out_dir=run)
+        recipe = load_recipe(RECIPES / f"{name}.yaml", overrides, env=False)
+        summary = run_prune(recipe, out_dir=run)
+        evaluate_into_run(summary["checkpoint"], recipe)  # accuracy right after pruning, before fine-tuning
     if not (run / "finetuned.pt").exists():
         run_finetune(run, epochs=epochs, resume=True, progress=bar(f"finetune {name}"))
     return run

@@ -340,3 +340,21 @@ def _save(save_dir: Path, key: str, per_sample: dict, results: dict) -> None:
     tmp = save_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
     os.replace(tmp, save_dir / "summary.json")
+
+
+def evaluate_into_run(checkpoint: str | Path, recipe, *, progress: Optional[Progress] = None) -> dict:
+    """Evaluate a run's checkpoint on the recipe's eval datasets and record the results beside it in
+    `metrics/<checkpoint stem>.json` (where `compress report` looks for them)."""
+    import json
+
+    from compress.checkpoint import atomic_write_text
+
+    checkpoint = Path(checkpoint)
+    results = evaluate_checkpoint(
+        checkpoint, root=recipe.data.root, datasets=list(recipe.eval.datasets), subset=recipe.eval.subset,
+        batch_size=recipe.eval.batch_size, img_res=recipe.model.img_res, workers=recipe.eval.workers,
+        image_roots=dict(recipe.data.image_roots) or None, cache=recipe.data.cache, progress=progress,
+    )
+    out = checkpoint.parent / "metrics" / f"{checkpoint.stem}.json"
+    atomic_write_text(out, json.dumps({"checkpoint": str(checkpoint), "metrics": results}, indent=2))
+    return results

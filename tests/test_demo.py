@@ -1,0 +1,43 @@
+"""`compress demo --quick` runs the whole pipeline end to end, really shrinks the model, and resumes."""
+import pytest
+
+from compress.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from compress.demo import run_demo
+
+    work = tmp_path_factory.mktemp("demo")
+    result = run_demo(quick=True, out=work / "runs", data=str(work / "data"))
+    return work, result
+
+
+def _row(rows, stage_prefix):
+    return next(r for r in rows if r["stage"].startswith(stage_prefix))
+
+
+def test_demo_pipeline_shrinks_and_evaluates_every_stage(demo):
+    work, result = demo
+    rows = result["rows"]
+    stages = [r["stage"] for r in rows]
+    assert stages[0] == "baseline" and {"P1", "P2"} <= set(stages)
+    assert any(s.startswith("P1+FT") for s in stages) and any(s.startswith("P2+FT") for s in stages)
+    base, p1, p2 = _row(rows, "baseline"), _row(rows, "P1"), _row(rows, "P2")
+    assert p2["params_total"] < p1["params_total"] < 0.8 * base["params_total"]  # 20% channels -> >20% params
+    assert p2["macs"] < p1["macs"] < 0.8 * base["macs"]
+    for row in rows:  # every stage, the pruned ones before fine-tuning included, has the full suite
+        assert set(row["metrics"]) == {"3dpw", "mpi-inf-3dhp", "h36m-p1", "h36m-p2", "lsp"}
+        assert row["metrics"]["3dpw"]["pa_mpjpe_mm"] > 0
+    ft = _row(rows, "P1+FT")
+    assert ft["delta"]["params_total"]["abs"] == ft["params_total"] - base["params_total"]
+    out = work / "runs" / "quick"
+    assert (out / "report.md").is_file() and any((out / "plots").glob("*.png"))
+
+
+def test_demo_rerun_skips_finished_stages(demo):
+    work, _ = demo
+    trained = work / "runs" / "quick" / "mbv2_baseline" / "trained.pt"
+    before = trained.stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(work / "runs"), "--data", str(work / "data")]) == 0
+    assert trained.stat().st_mtime_ns == before
