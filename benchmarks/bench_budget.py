@@ -3,8 +3,9 @@ pruning at the same MACs?
 
 (a) HMR-MobileNetV2 pruned to half of its own latency at batch 1 (`prune.target.latency_ratio: 0.5`, the
     mbv2_half_latency recipe), then timed against the unpruned model in an interleaved A/B run.
-(b) A uniformly ratio-pruned MobileNetV2 (local L2) with at most the same MACs (`prune.target.macs` = the MACs of
-    (a)), timed interleaved against (a) and the unpruned model.
+(b) A uniformly ratio-pruned MobileNetV2 (local L2, one `prune.ratio` for every layer) with at most the same MACs:
+    the smallest ratio whose MACs do not exceed those of (a), found by bisection (no fill-up, so every layer
+    keeps the same fraction), timed interleaved against (a) and the unpruned model.
 
 Single thread (`torch.set_num_threads(1)`): the machine is shared and loaded. Printed: medians and p10-p90 of each
 model, and the per-round paired ratios (model_i / other_i within one interleaved round), which are robust to the
@@ -56,6 +57,22 @@ def _interleaved(models: dict, *, img_res: int, repeats: int) -> dict:
     return out
 
 
+def _uniform_at_most(model, example, *, macs: int):
+    """The ratio-pruned model (one local ratio) with the most MACs that are still <= macs."""
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        pruned, summary = prune_model(model, {"ratio": mid}, example)
+        if summary["after"]["macs"] <= macs:
+            hi, best = mid, (pruned, summary)
+        else:
+            lo = mid
+    if best is None:
+        raise SystemExit("no uniform ratio reaches the MACs of the latency-targeted model")
+    best[1]["ratio"] = round(hi, 4)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="128 px instead of 224")
@@ -77,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     search_s = time.perf_counter() - t0
     target = s_fast["target"]
     macs = s_fast["after"]["macs"]
-    uniform, s_uni = prune_model(model, PruneSpec(target=PruneTarget(macs=macs)), example)
+    uniform, s_uni = _uniform_at_most(model, example, macs=macs)
 
     print(f"HMR-MobileNetV2, {res} px, batch 1, 1 thread, cpu; final timing: {args.repeats} interleaved rounds")
     print(f"(a) latency target 0.5x: search {search_s:.0f} s, {len(target['rounds'])} round(s), LUT "

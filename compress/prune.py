@@ -576,7 +576,8 @@ class BudgetGroup:
     root: str
     width: int  # channels at the start
     scores: list[float]  # importance of its channels (group-normalised), ascending
-    layers: list[tuple[str, str]]  # (Conv2d/Linear name, "in" | "out" | "both") whose widths follow the group
+    layers: list[tuple[str, str, float]]  # (Conv2d/Linear name, "in" | "out" | "both", share of the group's
+    # channels that land in that layer: 1 except behind a channel split, e.g. ShuffleNet's branches)
     candidates: list[int] = dataclasses.field(default_factory=list)  # allowed kept widths, descending
 
     def lost(self, keep_from: int, keep_to: int) -> float:
@@ -620,8 +621,8 @@ def budget_groups(model: nn.Module, spec, example: torch.Tensor, *, loss_fn: Cal
             imp = pruner.estimate_importance(group)
         if imp is None:
             continue
-        layers = set()
-        for item in group:
+        layers: dict[tuple[str, str], float] = {}
+        for item in group:  # the group holds every channel of the root; items list where they land
             m = item.dep.target.module
             if not isinstance(m, (nn.Conv2d, nn.Linear)):
                 continue
@@ -629,9 +630,10 @@ def budget_groups(model: nn.Module, spec, example: torch.Tensor, *, loss_fn: Cal
                 axis = "both"  # depthwise: in and out are one axis
             else:
                 axis = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            layers.add((names[m], axis))
+            share = min(1.0, len(item.idxs) / width)
+            layers[(names[m], axis)] = max(share, layers.get((names[m], axis), 0.0))
         out.append(BudgetGroup(root=names[root], width=int(width), scores=sorted(float(v) for v in imp),
-                               layers=sorted(layers)))
+                               layers=sorted((n, a, sh) for (n, a), sh in layers.items())))
     return out
 
 
@@ -691,7 +693,7 @@ class _LayerModel:
         self.layers = _prunable_layers(model)
         self.shapes = _layer_shapes(model, example)
         self.base = {n: layer_widths_of(m) for n, m in self.layers.items()}
-        self.touching: dict[int, list[str]] = {i: sorted({n for n, _ in g.layers}) for i, g in enumerate(groups)}
+        self.touching: dict[int, list[str]] = {i: sorted({n for n, _, _ in g.layers}) for i, g in enumerate(groups)}
         self.post = _post_ops(model)
 
     def dims(self, widths: list[int], names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
@@ -702,12 +704,13 @@ class _LayerModel:
             cut = g.width - w
             if not cut:
                 continue
-            for name, axis in g.layers:
+            for name, axis, share in g.layers:
                 if name in names:
+                    part = cut if share >= 1 else int(round(cut * share))
                     if axis in ("in", "both"):
-                        cut_in[name] += cut
+                        cut_in[name] += part
                     if axis in ("out", "both"):
-                        cut_out[name] += cut
+                        cut_out[name] += part
         return {n: (self.base[n][0] - cut_in[n], self.base[n][1] - cut_out[n]) for n in names}
 
     def sig(self, name: str, cin: int, cout: int):
@@ -732,8 +735,8 @@ class _LayerModel:
             weights = cin * cout
             return weights + (cout if s.bias else 0) if metric == "params_total" else weights * self.calls(name)
         weights = cout * (cin // s.groups) * s.kernel[0] * s.kernel[1]
-        if metric == "params_total":
-            return weights + (cout if s.bias else 0)
+        if metric == "params_total":  # a following BatchNorm adds its weight and bias per channel
+            return weights + (cout if s.bias else 0) + (2 * cout if s.post.startswith("bn") else 0)
         ho = (s.height + 2 * s.padding[0] - s.dilation[0] * (s.kernel[0] - 1) - 1) // s.stride[0] + 1
         wo = (s.width + 2 * s.padding[1] - s.dilation[1] * (s.kernel[1] - 1) - 1) // s.stride[1] + 1
         return weights * ho * wo * self.calls(name)
@@ -824,6 +827,9 @@ def _prune_to_target(model: nn.Module, spec, example_inputs: torch.Tensor, *, lu
 
     lo, hi = 0.0, min(spec.max_layer_ratio, 0.99)
     top = attempt(hi)
+    while top is None and hi > 0.1:  # a thin layer (an SE squeeze) refuses high ratios: try a lower top
+        hi = round(hi - 0.1, 4)
+        top = attempt(hi)
     if top is None or top[1]["after"][metric] > budget:
         reached = "refused" if top is None else f"{top[1]['after'][metric]:,}"
         raise UserError(f"prune.target: {metric} {budget:,.0f} is out of reach (ratio {hi:.2f} gives {reached}); "
@@ -851,8 +857,8 @@ def _prune_to_target(model: nn.Module, spec, example_inputs: torch.Tensor, *, lu
     summary["target"] = {"metric": metric, "budget": int(budget), "reached": achieved, "achieved": achieved,
                          "gap_percent": round(gap, 4), "deterministic": not spec.global_}
     label = "params" if metric == "params_total" else "MACs"
-    summary["notes"].append(f"target: {label} <= {budget:,.0f}: achieved {achieved:,} ({gap:.3f}% below) with "
-                            f"{method}")
+    summary["notes"].append(f"target: {label} <= {budget:,.0f}: achieved {achieved:,} ({budget - achieved:,.0f} "
+                            f"below, {gap:.4f}%) with {method}")
     if not spec.global_:
         summary["notes"].append("target: local pruning, so the widths depend only on the architecture and the "
                                 "target, not on the weights: the same result on every run (deterministic)")
@@ -863,9 +869,10 @@ FILL_TOLERANCE = 0.001  # fill up when the bisection lands more than 0.1% below 
 
 
 def _fill_up(model, spec, example_inputs, hi_model, lo_model, hi_summary, metric: str, budget: float, **kwargs):
-    """Give channels back, group by group in graph order, between the widths of the last ratio that met the
-    budget (hi) and the first that did not (lo), while the analytic count stays within it; check with the real
-    counter and back off the overshoot. Deterministic (no weights involved for local pruning)."""
+    """Give channels back, group by group in graph order, while the analytic count stays within the budget: first
+    between the widths of the last ratio that met the budget (hi) and the first that did not (lo), then up to the
+    full widths if room is left. The real counter checks the result and an overshoot is backed off.
+    Deterministic (no weights involved for local pruning)."""
     example = example_inputs.to(next(model.parameters()).device)
     groups = budget_groups(model, spec, example, **{k: v for k, v in kwargs.items()
                                                     if k in ("loss_fn", "calibration_batches", "build_timeout_s")})
@@ -876,20 +883,42 @@ def _fill_up(model, spec, example_inputs, hi_model, lo_model, hi_summary, metric
     hi_est = layers.analytic_total(hi_w, metric)
     room = budget - hi_real
     best = None
+    full_w = [g.width for g in groups]
     for _ in range(5):
-        widths, filled = list(hi_w), 0
-        for gi in range(len(groups)):
-            lo_k, hi_k = 0, max(lo_w[gi] - hi_w[gi], 0)
-            while lo_k < hi_k:  # the most channels this group can take back within the room
-                mid = (lo_k + hi_k + 1) // 2
-                trial = widths[:gi] + [hi_w[gi] + mid] + widths[gi + 1:]
-                if layers.analytic_total(trial, metric) - hi_est <= room:
-                    lo_k = mid
-                else:
-                    hi_k = mid - 1
-            if lo_k:
-                widths[gi] = hi_w[gi] + lo_k
-                filled += 1
+        widths, filled = list(hi_w), set()
+        # first between the two ratios' widths (stays close to uniform), then up to the full width if room is left
+        for bound in (lo_w, full_w):
+            for gi in range(len(groups)):
+                lo_k, hi_k = 0, max(bound[gi] - widths[gi], 0)
+                while lo_k < hi_k:  # the most channels this group can take back within the room
+                    mid = (lo_k + hi_k + 1) // 2
+                    trial = widths[:gi] + [widths[gi] + mid] + widths[gi + 1:]
+                    if layers.analytic_total(trial, metric) - hi_est <= room:
+                        lo_k = mid
+                    else:
+                        hi_k = mid - 1
+                if lo_k:
+                    widths[gi] += lo_k
+                    filled.add(gi)
+        # small models: one channel can be worth more than the gap; trade one channel of group j for one of i
+        floor = [_min_keep_count(g.width, 1.0 - spec.max_layer_ratio, 1) for g in groups]
+        for _swap in range(3):
+            used = layers.analytic_total(widths, metric) - hi_est
+            best_swap = None
+            for i in range(len(groups)):
+                for j in range(len(groups)):
+                    if i == j or widths[i] >= full_w[i] or widths[j] <= floor[j]:
+                        continue
+                    trial = list(widths)
+                    trial[i] += 1
+                    trial[j] -= 1
+                    gain = layers.analytic_total(trial, metric) - hi_est - used
+                    if 0 < gain and used + gain <= room and (best_swap is None or gain > best_swap[0]):
+                        best_swap = (gain, trial, (i, j))
+            if best_swap is None:
+                break
+            widths = best_swap[1]
+            filled.update(best_swap[2])
         if not filled:
             break
         keep = {g.root: w for g, w in zip(groups, widths)}
@@ -898,7 +927,7 @@ def _fill_up(model, spec, example_inputs, hi_model, lo_model, hi_summary, metric
         if real <= budget:
             if best is None or real > best[1]["after"][metric]:
                 best = (pruned, summary)
-                summary["_filled"] = filled
+                summary["_filled"] = len(filled)
             break
         room -= (real - budget) * 1.5  # unmodelled terms (BatchNorm, activations): back off and retry
     if best is None:
@@ -968,6 +997,8 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
 
     def move_cost(st, gi, to):  # in LUT ms (the sum of the layers' own times)
         old, new = move_sigs(st, gi, to)
+        if any(min(d) <= 0 for n, d in new.items() if layers.calls(n)):
+            return math.inf  # would empty a layer: never taken
         return sum(layers.calls(n) * (lut.table[layers.sig(n, *new[n]).key] - lut.table[layers.sig(n, *old[n]).key])
                    for n in new if layers.calls(n))
 

@@ -371,7 +371,7 @@ def test_params_target_lands_within_half_a_percent_below_the_seed_size():
     small = torch.zeros(1, 3, 32, 32)
     pruned, summary = prune_model(model, PruneSpec(target=PruneTarget(params=3_131_853)), small)
     total = sum(p.numel() for p in pruned.parameters())
-    assert total == summary["target"]["achieved"] == 3_131_623
+    assert total == summary["target"]["achieved"] == 3_131_851
     assert 0 <= summary["target"]["gap_percent"] < 0.5 and summary["target"]["deterministic"]
     assert any("deterministic" in n for n in summary["notes"])
 
