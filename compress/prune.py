@@ -1013,6 +1013,26 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
     # activations, adds, framework overhead), 0 in round 1 and fitted from each measured miss. Each round re-anchors
     # on the baseline of its own A/B timing, because the load on a shared machine drifts.
     overhead = 0.0
+    def verify(pruned: nn.Module):
+        """Interleaved A/B timing against the start model -> (met, worse run's stats, its paired ratio, runs).
+
+        A relative target is judged against the baseline of the same A/B run, by the median of the per-round
+        ratios (pruned_i / baseline_i: robust to load drifting during the run); an absolute one by the median.
+        A pass must hold in two A/B runs in a row (the worse is reported): one run can catch a load spike that hit
+        the baseline alone."""
+        worst = None
+        for run in range(1, 3):
+            ab = ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device,
+                            threads=threads, repeats=ab_repeats)
+            pair = paired_ratio(ab["pruned"]["samples_ms"], ab["start"]["samples_ms"])
+            score = (ab["pruned"]["median_ms"] / budget_ms if target.latency_ms is not None
+                     else pair["median"] / target.latency_ratio)  # <= 1 meets the target
+            if worst is None or score > worst[0]:
+                worst = (score, ab, pair)
+            if score > 1:
+                break
+        return worst[0] <= 1, worst[1], worst[2], run
+
     aim = (target.latency_ratio if target.latency_ratio is not None else budget_ms / start_ms) * LATENCY_MARGIN
     rounds = []
     pruned = summary = None
@@ -1022,17 +1042,10 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
         fraction = layer_sum(widths_of(state)) / full_sum
         keep = {g.root: w for g, w in zip(groups, widths_of(state))}
         pruned, summary = prune_model(model, spec, example, keep_widths=keep, **kwargs)
-        ab = ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device, threads=threads,
-                        repeats=ab_repeats)
+        met, ab, pair, ab_runs = verify(pruned)
         measured, baseline = ab["pruned"]["median_ms"], ab["start"]["median_ms"]
-        pair = paired_ratio(ab["pruned"]["samples_ms"], ab["start"]["samples_ms"])
         predicted = baseline * (overhead + (1 - overhead) * fraction)
-        # A relative target is judged against the baseline of the same A/B run, by the median of the per-round
-        # ratios (pruned_i / baseline_i: robust to load drifting during the run); an absolute one by the median.
-        if target.latency_ms is not None:
-            goal, met = budget_ms, measured <= budget_ms
-        else:
-            goal, met = target.latency_ratio * baseline, pair["median"] <= target.latency_ratio
+        goal = budget_ms if target.latency_ms is not None else target.latency_ratio * baseline
         rounds.append({"round": round_, "aim_fraction": round(aim, 4), "layer_fraction": round(fraction, 4),
                        "overhead_share": round(overhead, 4), "predicted_ms": round(predicted, 3),
                        "measured_ms": round(measured, 3), "baseline_ms": round(baseline, 3),
@@ -1040,7 +1053,7 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
                        "baseline_p10_ms": round(ab["start"]["p10_ms"], 3),
                        "baseline_p90_ms": round(ab["start"]["p90_ms"], 3), "goal_ms": round(goal, 3),
                        "paired_ratio": round(pair["median"], 4), "paired_ratio_p10": round(pair["p10"], 4),
-                       "paired_ratio_p90": round(pair["p90"], 4), "met": met})
+                       "paired_ratio_p90": round(pair["p90"], 4), "ab_runs": ab_runs, "met": met})
         log.info("latency round %d: predicted %.2f ms, measured %.2f ms (goal %.2f, baseline %.2f)", round_,
                  predicted, measured, goal, baseline)
         if met:
