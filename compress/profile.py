@@ -197,7 +197,8 @@ def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, t
     """Measured peak memory of one inference or training step, in MiB.
 
     CUDA: torch.cuda.max_memory_allocated around the step. CPU: a fresh subprocess reports the growth of its
-    peak resident set size (ru_maxrss) across the step, so earlier work in this process does not count.
+    peak resident set size across the step (so earlier work in this process does not count). Both add the
+    model's own weights (parameters and buffers), which were allocated before the step.
     """
     import subprocess
     import sys
@@ -218,14 +219,17 @@ def _step_peak(checkpoint: str, img_res: int, batch_size: int, train: bool, devi
     model.to(device)
     x = torch.randn(batch_size, 3, img_res, img_res, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5) if train else None
+    # The weights were loaded before the step's baseline was taken; count them in, so a smaller model's
+    # inference peak shows its smaller weights too (the estimate counts them the same way).
+    weights_mb = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**20
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         _one_step(model, x, opt)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return (torch.cuda.max_memory_allocated() - base) / 2**20 + weights_mb
     with _RssPeak() as peak:
         _one_step(model, x, opt)
-    return peak.growth_mb
+    return peak.growth_mb + weights_mb
 
 
 class _RssPeak:
@@ -340,7 +344,8 @@ def _profile_model(model, path, *, img_res, device, batch_sizes, repeats) -> dic
         "train_measured": measured_peak_memory_mb(str(path), img_res=img_res, batch_size=b_train, train=True,
                                                   device=device),
         "train_batch": b_train,
-        "method": "cuda max_memory_allocated" if device.startswith("cuda") else "peak RSS growth in a fresh process",
+        "method": ("weights + cuda max_memory_allocated of the step" if device.startswith("cuda")
+                   else "weights + peak RSS growth of the step in a fresh process"),
     }
     first = f"b{batch_sizes[0]}"
     return {

@@ -336,6 +336,7 @@ class TrainState:
     channels_last: bool = False
     teacher: nn.Module | None = None
     fits: StaticFits | None = None  # SMPL targets where has_smpl is 0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off (SPIN does not clip)
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
 
@@ -378,10 +379,15 @@ def train_step(state: TrainState, batch: dict) -> dict[str, float]:
     state.optimizer.zero_grad(set_to_none=True)
     if state.scaler is not None:
         state.scaler.scale(losses["total"]).backward()
+        if state.grad_clip:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(state.model.parameters(), state.grad_clip)
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
         losses["total"].backward()
+        if state.grad_clip:
+            nn.utils.clip_grad_norm_(state.model.parameters(), state.grad_clip)
         state.optimizer.step()
     state.scheduler.step()
     state.step += 1
@@ -585,7 +591,7 @@ def make_state(model: nn.Module, smpl: nn.Module, spec, *, img_res: int, device:
     return TrainState(model=model, net=net, optimizer=optimizer, scheduler=scheduler, smpl=smpl, weights=weights,
                       img_res=img_res, device=device, dist=info, scaler=scaler, amp_dtype=dtype,
                       channels_last=spec.channels_last and device.type == "cuda",
-                      teacher=teacher if weights.distill else None)
+                      teacher=teacher if weights.distill else None, grad_clip=spec.grad_clip)
 
 
 def train_dataset(recipe, *, img_res: int, seed: int = 0):
