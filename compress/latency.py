@@ -28,7 +28,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-LUT_VERSION = 2
+LUT_VERSION = 3
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
@@ -78,7 +78,10 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def time_layers(sigs: list[LayerSig], *, batch: int, device: torch.device, repeats: int = 7,
                 warmup: int = 2) -> dict[str, float]:
-    """Median forward time (ms) of each signature, timed in interleaved rounds."""
+    """Median forward time (ms) of each signature, timed in interleaved rounds.
+
+    As inside a model, the layer's input is warm (read just before, as if the previous layer had written it) and
+    its weights are cold (every other signature ran since its last call)."""
     built = {s.key: s.build(batch, device) for s in sigs}
     for layer, x in built.values():
         for _ in range(warmup):
@@ -86,6 +89,7 @@ def time_layers(sigs: list[LayerSig], *, batch: int, device: torch.device, repea
     samples: dict[str, list[float]] = {k: [] for k in built}
     for _ in range(repeats):
         for key, (layer, x) in built.items():
+            x.sum()  # warm the input
             _sync(device)
             start = time.perf_counter()
             layer(x)
