@@ -66,7 +66,7 @@ def _loader_factory(data, batch=4):
 def _spec(**kw):
     base = dict(lr=1e-3, weight_decay=0.0, amp=False, channels_last=False, compile=False, kp2d=5.0, kp3d=5.0,
                 pose=1.0, betas=0.001, shape=0.0, cam=1.0, openpose_weight=0.0, gt_weight=1.0, loss_scale=60.0,
-                distill=None)
+                distill=None, grad_clip=0.0)
     return types.SimpleNamespace(**{**base, **kw})
 
 
