@@ -33,8 +33,8 @@ class DemoSize:
 
 QUICK = DemoSize(synth="small", data_root="data/synthetic-small", img_res=64, batch_size=4, train_epochs=2,
                  train_steps=6, ft_epochs=(2, 1), ft_steps=4, eval_subset=None, lr=3e-4, ft_lr=1e-4)
-DEFAULT = DemoSize(synth="default", data_root="data/synthetic", img_res=96, batch_size=32, train_epochs=8,
-                   train_steps=75, ft_epochs=(3, 2), ft_steps=40, eval_subset=None, lr=2e-4, ft_lr=1e-4)
+DEFAULT = DemoSize(synth="default", data_root="data/synthetic", img_res=96, batch_size=32, train_epochs=12,
+                   train_steps=100, ft_epochs=(3, 2), ft_steps=60, eval_subset=None, lr=2e-4, ft_lr=1e-4)
 
 
 def _common(size: DemoSize, root: Path) -> list[str]:
