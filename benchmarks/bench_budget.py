@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,31 +30,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.models import create_model  # noqa: E402
 from compress.latency import paired_ratio  # noqa: E402
-from compress.profile import interleaved_latency  # noqa: E402
 from compress.prune import prune_model  # noqa: E402
 from compress.recipe import PruneSpec, PruneTarget  # noqa: E402
 
 
-def _interleaved(models: dict, *, img_res: int, repeats: int) -> dict:
-    """compress.profile.interleaved_latency plus the raw samples (round i of every model), for paired ratios."""
-    import time as _time
-
+def _interleaved(models: dict, *, img_res: int, repeats: int, warmup: int = 5) -> dict:
+    """Timing as compress.profile.interleaved_latency (A B C A B C ..., after warm-up), keeping the raw samples:
+    sample i of every model comes from round i, so per-round ratios can be paired."""
     x = torch.randn(1, 3, img_res, img_res)
+    samples: dict[str, list[float]] = {k: [] for k in models}
     with torch.no_grad():
         for m in models.values():
-            for _ in range(5):
+            for _ in range(warmup):
                 m(x)
-        samples = {k: [] for k in models}
         for _ in range(repeats):
             for key, m in models.items():
-                start = _time.perf_counter()
+                start = time.perf_counter()
                 m(x)
-                samples[key].append((_time.perf_counter() - start) * 1000.0)
-    out = interleaved_latency(models, img_res=img_res, batch_size=1, warmup=1, repeats=3)  # same code path check
+                samples[key].append((time.perf_counter() - start) * 1000.0)
+    out = {}
     for key, v in samples.items():
-        q = sorted(v)
-        out[key] = {"median_ms": q[len(q) // 2], "p10_ms": q[len(q) // 10], "p90_ms": q[(len(q) * 9) // 10],
-                    "samples_ms": v}
+        q = statistics.quantiles(v, n=10)
+        out[key] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1], "samples_ms": v}
     return out
 
 
