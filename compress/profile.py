@@ -88,49 +88,20 @@ def model_info(target: str, **overrides) -> dict:
 # ----------------------------------------------------------------------------------------------- latency
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_once(model: nn.Module, x: torch.Tensor) -> float:
-    import time
-
-    _sync(x.device)
-    start = time.perf_counter()
-    model(x)
-    _sync(x.device)
-    return (time.perf_counter() - start) * 1000.0
-
-
-def _stats(samples: list[float]) -> dict:
-    import statistics
-
-    q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else [samples[0]] * 9
-    return {"median_ms": statistics.median(samples), "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(samples)}
-
-
-@torch.no_grad()
 def interleaved_latency(
     models: dict[str, nn.Module], *, img_res: int, batch_size: int = 1, device: str | torch.device = "cpu",
     warmup: int = 3, repeats: int = 15,
 ) -> dict[str, dict]:
     """Latency of several models timed in alternation (A B A B ...), so machine noise hits all alike.
 
-    Each entry: median and 10/90th percentile in ms over `repeats` runs after `warmup` runs.
+    Each entry: median and 10/90th percentile in ms over `repeats` runs after `warmup` runs (the timer is
+    compress.latency.ab_latency, which the latency-targeted pruning uses too).
     """
-    device = torch.device(device)
-    x = torch.randn(batch_size, 3, img_res, img_res, device=device)
-    for m in models.values():
-        m.eval().to(device)
-        for _ in range(warmup):
-            m(x)
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(repeats):
-        for key, m in models.items():
-            samples[key].append(_time_once(m, x))
-    return {k: _stats(v) | {"batch": batch_size, "threads": torch.get_num_threads(), "device": str(device)}
-            for k, v in samples.items()}
+    from compress.latency import ab_latency
+
+    stats = ab_latency(models, img_res=img_res, batch=batch_size, device=device, warmup=warmup, repeats=repeats)
+    extra = {"batch": batch_size, "threads": torch.get_num_threads(), "device": str(device)}
+    return {k: {n: v for n, v in s.items() if n != "samples_ms"} | extra for k, s in stats.items()}
 
 
 def measure_latency(model: nn.Module, *, img_res: int, batch_size: int = 1, device="cpu", warmup=3, repeats=15):
