@@ -23,7 +23,7 @@ class DemoSize:
     img_res: int
     batch_size: int
     train_epochs: int
-    train_steps: int  # optimizer steps per epoch
+    train_steps: int  # cap on optimizer steps per epoch (an epoch of the mixed set is len(largest set) / batch)
     ft_epochs: tuple[int, int]  # FT after P1, FT after P2 (the study: 20 and 8)
     ft_steps: int
     eval_subset: Optional[int]
@@ -33,8 +33,8 @@ class DemoSize:
 
 QUICK = DemoSize(synth="small", data_root="data/synthetic-small", img_res=64, batch_size=4, train_epochs=2,
                  train_steps=6, ft_epochs=(2, 1), ft_steps=4, eval_subset=None, lr=3e-4, ft_lr=1e-4)
-DEFAULT = DemoSize(synth="default", data_root="data/synthetic", img_res=96, batch_size=32, train_epochs=12,
-                   train_steps=100, ft_epochs=(3, 2), ft_steps=60, eval_subset=None, lr=2e-4, ft_lr=1e-4)
+DEFAULT = DemoSize(synth="default", data_root="data/synthetic", img_res=96, batch_size=32, train_epochs=24,
+                   train_steps=100, ft_epochs=(4, 2), ft_steps=60, eval_subset=None, lr=2e-4, ft_lr=1e-4)
 
 
 def _common(size: DemoSize, root: Path) -> list[str]:
