@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent('''
 
     spec = types.SimpleNamespace(lr=1e-3, weight_decay=0.0, amp=False, channels_last=False, compile=False, kp2d=5.0,
                                  kp3d=5.0, pose=1.0, betas=0.001, shape=0.0, cam=1.0, openpose_weight=0.0,
-                                 gt_weight=1.0, loss_scale=60.0, distill=None)
+                                 gt_weight=1.0, loss_scale=60.0, distill=None, grad_clip=0.0)
     info = init_distributed()
     torch.manual_seed(0)
     model = create_model("hmr_tiny", img_res=RES)
