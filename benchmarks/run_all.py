@@ -33,6 +33,7 @@ def benchmarks(quick: bool, data: str) -> list[tuple[str, list[str]]]:
         ("Evaluation and data loading throughput",
          ["bench_eval.py", "--data", data, "--model", "hmr_mobilenet_v2", "--img-res", res,
           "--subset", "32" if quick else "128"]),
+        ("Pruning to a budget: parameters and measured latency", ["bench_budget.py", *q]),
         ("Training throughput: full loop vs model only",
          ["bench_train.py", "--data", data, "--model", "hmr_mobilenet_v2", "--img-res", res,
           "--batch-size", "16" if quick else "32"]),
