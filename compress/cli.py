@@ -135,15 +135,25 @@ def _eval_progress(bar):
     return progress
 
 
+def _default_eval_dir(checkpoint: str) -> Path:
+    """Per-sample results go beside the checkpoint: <dir>/eval_<stem>/ (a run dir: its resolved checkpoint)."""
+    from compress.checkpoint import resolve_checkpoint
+
+    path = Path(resolve_checkpoint(checkpoint))
+    return path.parent / f"eval_{path.stem}"
+
+
 def cmd_eval(args) -> int:
     from compress.eval.protocols import evaluate_checkpoint, format_results_table
+
+    save_dir = args.save_dir or _default_eval_dir(args.checkpoint)
 
     with _progress() as bar:
         progress = _eval_progress(bar)
         results = evaluate_checkpoint(
             args.checkpoint, root=data_root(args.data), datasets=args.datasets.split(","),
             strict=args.datasets != EVAL_KEYS, subset=args.subset, batch_size=args.batch_size,
-            img_res=args.img_res, name=args.name, save_dir=args.save_dir, progress=progress,
+            img_res=args.img_res, name=args.name, save_dir=save_dir, progress=progress,
         )
     if args.json:
         _print_json(results)
@@ -423,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--img-res", type=int, default=None, help="crop size (default: the model's)")
     p.add_argument("--name", default=None, help="zoo model name for SPIN/bare checkpoints (e.g. hmr_resnet50)")
-    p.add_argument("--save-dir", default=None, help="write per-sample results (.npz) and a JSON summary here")
+    p.add_argument("--save-dir", default=None,
+                   help="per-sample results (.npz) and a JSON summary (default: <checkpoint dir>/eval_<stem>/)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
 
