@@ -273,17 +273,18 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, parent: str | 
 # ----------------------------------------------------------------------------------------------- load
 
 
-def resolve_checkpoint(path_or_run: str | os.PathLike) -> Path:
-    """A checkpoint file as given; a run directory -> its `finetuned.pt` if present, else `pruned.pt`, else
-    `trained.pt` (RUN_CHECKPOINTS)."""
+def resolve_checkpoint(path_or_run: str | os.PathLike, *, order: tuple[str, ...] = RUN_CHECKPOINTS,
+                       what: str = "checkpoint") -> Path:
+    """A checkpoint file as given; a run directory -> the first of `order` it holds (by default `finetuned.pt`,
+    else `pruned.pt`, else `trained.pt`). `what` names the setting in the error (e.g. "prune.from")."""
     path = Path(path_or_run)
     if path.is_dir():
-        for candidate in RUN_CHECKPOINTS:
+        for candidate in order:
             if (path / candidate).is_file():
                 return path / candidate
-        raise UserError(f"no checkpoint in run directory {path} (looked for {', '.join(RUN_CHECKPOINTS)})")
+        raise UserError(f"{what}: no checkpoint in run directory {path} (looked for {', '.join(order)})")
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{what} not found: {path} (a .pt file or a run directory)")
     return path
 
 

@@ -1114,16 +1114,10 @@ START_CHECKPOINTS = ("finetuned.pt", "trained.pt", "pruned.pt")  # what a run di
 
 
 def _resolve_start(ref: str) -> Path:
-    path = Path(ref)
-    if path.is_dir():
-        for name in START_CHECKPOINTS:
-            if (path / name).is_file():
-                return path / name
-        raise UserError(f"prune.from: no checkpoint in {path} (looked for {', '.join(START_CHECKPOINTS)})")
-    if not path.is_file():
-        raise UserError(f"prune.from: checkpoint not found: {path} (a .pt file or a run directory; "
-                        "train or prune that run first)")
-    return path
+    # prune the newest unpruned-or-finetuned weights of a run: finetuned.pt, then trained.pt, then pruned.pt
+    from compress.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(ref, order=START_CHECKPOINTS, what="prune.from")
 
 
 def load_start_model(recipe) -> tuple[nn.Module, str | None]:
