@@ -242,7 +242,7 @@ def cmd_finetune(args) -> int:
     if root:
         overrides.append(f"data.root={root}")
     with _progress() as bar:
-        result = run_finetune(run, epochs=args.epochs, overrides=overrides, resume=args.resume,
+        result = run_finetune(run, epochs=args.epochs, overrides=overrides, resume=args.resume, out_dir=args.out,
                               progress=_train_progress(bar, f"finetune {run.name}"))
     _print_summary("finetune", result)
     return 0
@@ -459,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default: runs/latest); under torchrun spell it --run-dir")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's finetune.epochs)")
     _add_common(p, data=True, recipe_set=True)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write the fine-tuned model, log and metrics here instead of into the run (e.g. "
+                        "--set finetune.distill=null --out runs/mbv2_p1_nokd for a comparison without distillation)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
     p.set_defaults(func=cmd_finetune)
 

@@ -82,3 +82,4 @@ IMAGE_FOLDERS = {
     "mpii": "mpii", "coco": "coco", "lspet": "hr-lspet", "mpi-inf-3dhp": "mpi_inf_3dhp", "3dpw": "3dpw",
 }
 UPI_S1H_FOLDER = "upi-s1h"
+SMPL_MEAN_PARAMS = "smpl_mean_params.npz"  # SPIN: data/smpl_mean_params.npz, the regressor's starting estimate

@@ -1123,13 +1123,13 @@ def _resolve_start(ref: str) -> Path:
 def load_start_model(recipe) -> tuple[nn.Module, str | None]:
     """The model to prune: prune.from, else model.checkpoint, else a fresh zoo model -> (model, parent path)."""
     from compress.checkpoint import load_checkpoint, read_checkpoint_file
-    from compress.models import create_model
 
     ref = recipe.prune.from_ or recipe.model.checkpoint
     if not ref:
         log.warning("prune: no prune.from or model.checkpoint, pruning a freshly initialised %s", recipe.model.name)
-        model = create_model(recipe.model.name, **{**recipe.model.overrides, "img_res": recipe.model.img_res})
-        return model, None
+        from compress.train import initial_model
+
+        return initial_model(recipe)  # as `compress train` would start it (the data root's mean params)
     path = _resolve_start(ref)
     ours = "format_version" in read_checkpoint_file(path)
     # our files describe their model; SPIN files and bare state_dicts take it from the recipe

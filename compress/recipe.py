@@ -149,8 +149,12 @@ class TrainSpec:
     steps_per_epoch: Optional[int] = opt(None, "optimizer steps per epoch (null: a full pass)", ge=1)
     batch_size: int = opt(64, "global batch size (split evenly over DDP processes)", ge=1)
     lr: float = opt(5e-5, "Adam learning rate", gt=0)
+    encoder_lr: Optional[float] = opt(None, "Adam learning rate of the encoder (null: lr); the regressor keeps lr",
+                                      gt=0)
     weight_decay: float = opt(0.0, "Adam weight decay", ge=0)
     grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off, as SPIN)", ge=0)
+    warmup_steps: int = opt(0, "raise the learning rate linearly over the first N optimizer steps (0: off, as SPIN)",
+                            ge=0)
     seed: int = opt(0, "random seed (data order, augmentation, init)")
     amp: bool = opt(True, "mixed precision (only used on CUDA)")
     channels_last: bool = opt(False, "channels-last memory format")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 from compress.constants import EVAL_DATASETS
 from compress.errors import UserError
+from compress.recovery import print_recovery, render_recovery_markdown
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,13 @@ def _is_trained(path: Path, meta: dict) -> bool:
 
 
 def _ft_label(meta: dict) -> str:
+    """FT(N) as in the study, with "+KD" when the fine-tuning distilled from a teacher."""
     stage = str(meta.get("stage") or "")
+    kd = "+KD" if meta.get("distill") else ""
     if stage.upper().startswith("FT"):
-        return stage
+        return stage + kd
     epochs = meta.get("epochs") or _get(meta, ("recipe", "finetune", "epochs"))
-    return f"FT({epochs})" if epochs else "FT"
+    return (f"FT({epochs})" if epochs else "FT") + kd
 
 
 @dataclass(frozen=True)
@@ -878,6 +881,7 @@ def print_table(rows: list[dict], *, console=None) -> None:
         for line in body:
             table.add_row(*(Text(x) for x in line))
         console.print(table)
+    print_recovery(rows, console)
     for line in _footer(rows, notes):
         console.print(Text(line))
 
@@ -945,6 +949,9 @@ def render_markdown(rows: list[dict]) -> str:
                   "MACs ÷ is the speed-up the MACs predict):", "",
                   "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
         lines += ["| " + " | ".join(line) + " |" for line in body]
+    recovered = render_recovery_markdown(rows)
+    if recovered:
+        lines += ["", recovered.rstrip("\n")]
     lines.append("")
     lines += [f"- {line}" for line in _footer(rows, notes)]
     lines.append("- ▲ better than the baseline, ▼ worse")

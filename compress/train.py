@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compress.constants import SMPL_MEAN_PARAMS
 from compress.errors import UserError
 from compress.geometry import batch_rodrigues
 from compress.losses import (LossWeights, check_finite, compute_losses, distill_losses, loss_values, loss_weights,
@@ -550,11 +551,33 @@ def fit(state: TrainState, make_loader: Callable[[int], Iterable[dict]], opts: F
 
 def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Adam over the model's current parameters (built after any load/prune: a pruned model has new parameter
-    objects) and SPIN's constant learning rate as a LambdaLR, so the checkpoint always has a scheduler state."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    objects) and SPIN's constant learning rate as a LambdaLR, so the checkpoint always has a scheduler state.
+    With spec.warmup_steps the rate rises linearly over the first steps (Adam's first steps on a fresh regressor
+    are large: without a warm-up, lr 1e-3 drives the camera scale negative and SPIN's exp(-10 s) term to inf)."""
+    optimizer = torch.optim.Adam(param_groups(model, spec), lr=spec.lr, weight_decay=spec.weight_decay,
+                                 betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(getattr(spec, "warmup_steps", 0)))
     return optimizer, scheduler
+
+
+def param_groups(model: nn.Module, spec) -> list[dict]:
+    """One group at spec.lr; with spec.encoder_lr, the regressor (model.regressor_names) first at spec.lr and the
+    encoder second at encoder_lr."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    encoder_lr = getattr(spec, "encoder_lr", None)
+    if encoder_lr is None:
+        return [{"params": params}]
+    head = {id(p) for name in getattr(model, "regressor_names", []) if getattr(model, name, None) is not None
+            for p in getattr(model, name).parameters()}
+    return [{"params": [p for p in params if id(p) in head]},
+            {"params": [p for p in params if id(p) not in head], "lr": encoder_lr}]
+
+
+def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier at optimizer step `step` (0-based): (step + 1) / warmup_steps until 1, then 1."""
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    return factor
 
 
 def amp_dtype(spec, device: torch.device) -> torch.dtype | None:
@@ -650,10 +673,12 @@ def run_train(recipe, *, out_dir: str | os.PathLike | None = None, resume: bool 
 
 
 def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overrides: Iterable[str] = (),
-                 resume: bool = False, progress: Progress | None = None) -> dict:
+                 resume: bool = False, progress: Progress | None = None, out_dir: str | os.PathLike | None = None
+                 ) -> dict:
     """`compress finetune`: fine-tune the run's pruned.pt with the run's recipe (`overrides` as --set) for `epochs`
     (default recipe.finetune.epochs), distilling from finetune.distill.teacher when set; writes finetuned.pt with
-    meta stage "FT(N)" and the evaluation metrics."""
+    meta stage "FT(N)" and the evaluation metrics into `out_dir` (default: the run itself; another directory
+    keeps the run's own fine-tuning, e.g. to compare with and without distillation from the same pruned.pt)."""
     from compress.checkpoint import load_checkpoint
     from compress.recipe import TrainSpec, load_recipe
 
@@ -670,8 +695,9 @@ def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overr
         raise UserError(f"--epochs must be >= 0, got {n}")
     model, meta = load_checkpoint(pruned)
     teacher = load_teacher(spec, pruned_meta=meta, run_dir=run_dir)
-    return _run(recipe, spec, model, run_dir=run_dir, phase="finetune", stage=f"FT({n})", epochs=n,
-                out_name="finetuned.pt", parent=str(pruned), teacher=teacher, resume=resume, progress=progress)
+    return _run(recipe, spec, model, run_dir=Path(out_dir or run_dir), phase="finetune", stage=f"FT({n})",
+                epochs=n, out_name="finetuned.pt", parent=str(pruned), teacher=teacher, resume=resume,
+                progress=progress)
 
 
 def initial_model(recipe) -> tuple[nn.Module, str | None]:
@@ -688,9 +714,14 @@ def initial_model(recipe) -> tuple[nn.Module, str | None]:
         # our files name their model; SPIN files and bare state_dicts take it from the recipe
         model, meta = load_checkpoint(m.checkpoint, name=None if ours else m.name, img_res=m.img_res)
         return model, meta.get("path", str(m.checkpoint))
-    model = create_model(m.name, **{**m.overrides, "img_res": m.img_res, "pretrained": m.pretrained})
-    # the checkpoint must rebuild without asking for ImageNet weights again (they are in the state_dict)
+    overrides = {**m.overrides, "img_res": m.img_res, "pretrained": m.pretrained}
+    mean_file = Path(recipe.data.root) / SMPL_MEAN_PARAMS
+    if overrides.get("mean_params") is None and mean_file.is_file():
+        overrides["mean_params"] = str(mean_file)  # as SPIN: start from the data root's mean pose and shape
+    model = create_model(m.name, **overrides)
+    # the checkpoint must rebuild without the ImageNet weights or the mean-params file (both are in the state_dict)
     model.config["overrides"].pop("pretrained", None)
+    model.config["overrides"].pop("mean_params", None)
     return model, None
 
 

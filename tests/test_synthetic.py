@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +124,30 @@ def test_mean_params():
     assert p["pose"].shape == (144,) and p["shape"].shape == (10,) and p["pose"].dtype == np.float32
     np.testing.assert_array_equal(p["pose"][:6], [1, 0, 0, -1, 0, 0])
     np.testing.assert_array_equal(p["cam"], np.array([0.9, 0, 0], np.float32))
+
+
+def test_mean_params_of_the_root_are_the_training_mean(root):
+    """smpl_mean_params.npz holds the chordal mean of the training fits' body rotations (as SPIN's file holds
+    its data's mean), and a model trained on the root starts there."""
+    from compress.geometry import batch_rodrigues, rot6d_to_rotmat
+    from compress.recipe import load_recipe
+    from compress.train import initial_model
+
+    fits = np.concatenate([np.load(f) for f in sorted((root / "static_fits").glob("*_fits.npy"))])
+    rot = batch_rodrigues(torch.tensor(fits[:, 3:72], dtype=torch.float64).reshape(-1, 3)).reshape(-1, 23, 3, 3)
+    u, _, vt = torch.linalg.svd(rot.mean(0))
+    expected = u @ vt  # every mean here is a proper rotation (det +1): no reflection fix needed
+    with np.load(root / C.SMPL_MEAN_PARAMS) as f:
+        pose, shape = torch.tensor(f["pose"]), f["shape"]
+    got = rot6d_to_rotmat(pose).reshape(24, 3, 3).double()
+    assert torch.allclose(got[0], torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)))
+    assert torch.allclose(got[1:], expected, atol=1e-5)
+    assert (got[1:] - torch.eye(3, dtype=torch.float64)).abs().amax() > 0.1  # not the T-pose
+    np.testing.assert_allclose(shape, fits[:, 72:].mean(0), atol=1e-5)
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "smoke.yaml",
+                         [f"data.root={root}", "model.name=hmr_tiny", "model.img_res=32"], env=False)
+    model, _ = initial_model(recipe)
+    assert torch.allclose(model.init_pose.reshape(-1), pose) and "mean_params" not in model.config["overrides"]
 
 
 # ----------------------------------------------------------------------------------------------- the data root

@@ -299,6 +299,24 @@ def test_run_finetune_distils_from_the_chain_root(root, tmp_path):
     assert result["stage"] == "FT(3)" and not result["distill"] and result["steps"] == 6
 
 
+def test_finetune_into_another_directory_keeps_the_runs_own(root, tmp_path):
+    """--out: a second fine-tuning of the same pruned.pt (here without the teacher) beside the run's own."""
+    from compress.report import collect_rows
+
+    run = _pruned_run(root, tmp_path, distill=DistillSpec(teacher=""))
+    run_finetune(run, epochs=1)
+    first = (run / "finetuned.pt").read_bytes()
+    other = tmp_path / "p1_nokd"
+    result = run_finetune(run, epochs=1, overrides=["finetune.distill=null"], out_dir=other)
+    assert not result["distill"] and (run / "finetuned.pt").read_bytes() == first
+    _, meta = load_checkpoint(other / "finetuned.pt")
+    assert meta["parent"] == str(run / "pruned.pt") and not meta["distill"]
+    assert (other / "metrics" / "finetuned.json").is_file() and (other / "log.jsonl").is_file()
+    rows = collect_rows([run, other], runs_dir=tmp_path)
+    assert sorted(r["stage"] for r in rows) == ["P1", "P1+FT(1)", "P1+FT(1)+KD", "baseline"]
+    assert {r["run"] for r in rows if r["stage"].startswith("P1+")} == {"p1", "p1_nokd"}
+
+
 def test_run_finetune_errors_are_user_errors(root, tmp_path):
     run = _pruned_run(root, tmp_path, distill=DistillSpec(teacher=str(tmp_path / "nope.pt")))
     with pytest.raises(UserError, match="teacher not found"):

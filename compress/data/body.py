@@ -31,7 +31,7 @@ NUM_V = constants.NUM_VERTICES
 PARENTS = np.array(constants.SMPL_PARENTS)
 LSP_PART_NAMES = {1: "head", 2: "torso", 3: "left arm", 4: "right arm", 5: "left leg", 6: "right leg"}
 PART_LABELS_FILE = "vertex_parts.npy"  # (6890,) int64 labels 1..6 in <root>/smpl/ (read by compress.eval.render)
-MEAN_PARAMS_FILE = "smpl_mean_params.npz"
+MEAN_PARAMS_FILE = constants.SMPL_MEAN_PARAMS
 
 # Generator parameters and how far one unit of each beta moves them.
 SHAPE_NAMES = ("stature", "girth", "leg_length", "shoulder_width", "hip_width", "arm_length", "torso_length",
@@ -552,12 +552,29 @@ def build_body(gender: str = "neutral") -> BodyModel:
     return body
 
 
-def mean_params() -> dict[str, np.ndarray]:
-    """SPIN's smpl_mean_params layout: pose (144,) 6D (global orient 180 deg about x, body at rest),
-    shape (10,), cam (3,) = [0.9, 0, 0]; float32."""
-    six = np.tile(np.array([1, 0, 0, 1, 0, 0], np.float32), 24)
-    six[:6] = [1, 0, 0, -1, 0, 0]
-    return {"pose": six, "shape": np.zeros(10, np.float32), "cam": np.array([0.9, 0, 0], np.float32)}
+def mean_params(body_pose: np.ndarray | None = None, shape: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """SPIN's smpl_mean_params layout: pose (144,) 6D (global orient 180 deg about x, then the 23 body rotations),
+    shape (10,), cam (3,) = [0.9, 0, 0]; float32. Default body pose: at rest (T-pose); default shape: zeros.
+
+    SPIN's file holds the mean of its training fits; the synthetic root passes the mean of its own training poses
+    (`mean_rotation`) so a model starts, as SPIN's does, from the pose its training data is centred on.
+    """
+    rot = np.tile(np.eye(3), (24, 1, 1))
+    rot[0] = np.diag([1.0, -1.0, -1.0])
+    if body_pose is not None:
+        rot[1:] = body_pose
+    six = rot[:, :, :2].reshape(-1)  # the first two columns, row-major (compress.geometry.rotmat_to_rot6d)
+    shape = np.zeros(10) if shape is None else np.asarray(shape)
+    return {"pose": six.astype(np.float32), "shape": shape.astype(np.float32),
+            "cam": np.array([0.9, 0, 0], np.float32)}
+
+
+def mean_rotation(rotmats: np.ndarray) -> np.ndarray:
+    """Chordal L2 mean of rotations (N, ..., 3, 3) over N: the nearest rotation to their arithmetic mean."""
+    u, _, vt = np.linalg.svd(rotmats.mean(0))
+    d = np.sign(np.linalg.det(u @ vt))  # keep det +1
+    u[..., :, -1] *= d[..., None]
+    return u @ vt
 
 
 def write_body_files(root: str | Path) -> None:

@@ -48,7 +48,7 @@ from compress.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: smpl_mean_params.npz holds the training poses' mean
 MANIFEST = "synthetic.json"
 H36M_CAMERAS = ("54138969", "55011271", "58860488", "60457274")  # P2 uses the last one, as SPIN
 J17_SET = sorted(set(C.J24_TO_J17))
@@ -585,7 +585,17 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
     (root / "static_fits").mkdir(exist_ok=True)
     for key, arr in fits.items():
         np.save(root / "static_fits" / f"{key}_fits.npy", arr.astype(np.float32))  # SPIN: <dataset key>_fits.npy
+    _write_mean_params(root, np.concatenate(list(fits.values())))
     return written
+
+
+def _write_mean_params(root: Path, fits: np.ndarray) -> None:
+    """smpl_mean_params.npz from the training fits (N, 82): chordal mean body pose, mean betas (as SPIN's file)."""
+    from scipy.spatial.transform import Rotation
+
+    body = Rotation.from_rotvec(fits[:, 3:72].reshape(-1, 3)).as_matrix().reshape(len(fits), 23, 3, 3)
+    params = body_mod.mean_params(body_mod.mean_rotation(body), fits[:, 72:].mean(0))
+    np.savez(root / body_mod.MEAN_PARAMS_FILE, **params)
 
 
 def _complete(root: Path, manifest: dict) -> bool:
