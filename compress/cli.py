@@ -144,21 +144,29 @@ def _default_eval_dir(checkpoint: str) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from compress.eval.protocols import evaluate_checkpoint, format_results_table
+    from compress.eval.protocols import evaluate, evaluate_checkpoint, format_results_table
 
-    save_dir = args.save_dir or _default_eval_dir(args.checkpoint)
-
+    if bool(args.checkpoint) == bool(args.reference):
+        raise UserError("compress eval needs a checkpoint or --reference rest|mean (not both)")
+    root = data_root(args.data)
+    common = dict(datasets=args.datasets.split(","), strict=args.datasets != EVAL_KEYS, subset=args.subset,
+                  batch_size=args.batch_size)
     with _progress() as bar:
         progress = _eval_progress(bar)
-        results = evaluate_checkpoint(
-            args.checkpoint, root=data_root(args.data), datasets=args.datasets.split(","),
-            strict=args.datasets != EVAL_KEYS, subset=args.subset, batch_size=args.batch_size,
-            img_res=args.img_res, name=args.name, save_dir=save_dir, progress=progress,
-        )
+        if args.reference:
+            from compress.eval.reference import reference_model
+
+            model = reference_model(args.reference, root, img_res=args.img_res or 64)
+            results = evaluate(model, root, save_dir=args.save_dir, progress=progress, **common)
+        else:
+            save_dir = args.save_dir or _default_eval_dir(args.checkpoint)
+            results = evaluate_checkpoint(args.checkpoint, root=root, img_res=args.img_res, name=args.name,
+                                          save_dir=save_dir, progress=progress, **common)
     if args.json:
         _print_json(results)
     else:
-        _print_rows(format_results_table(results), title=f"eval {args.checkpoint}")
+        what = args.checkpoint or f"the constant {args.reference} pose"
+        _print_rows(format_results_table(results), title=f"eval {what}")
     return 0
 
 
@@ -426,7 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_data_cache)
 
     p = sub.add_parser("eval", help="the full HMR evaluation suite on a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT", help="our checkpoint, a run dir, or SPIN's model_checkpoint.pt")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?",
+                   help="our checkpoint, a run dir, or SPIN's model_checkpoint.pt")
+    p.add_argument("--reference", choices=("rest", "mean"), default=None,
+                   help="score a constant predictor instead: the rest pose, or the root's smpl_mean_params.npz "
+                        "(where an untrained model starts); a model not below `mean` on PA-MPJPE learned no "
+                        "articulation")
     _add_common(p, data=True)
     p.add_argument("--datasets", default=EVAL_KEYS, help="comma-separated subset of %(default)s")
     p.add_argument("--subset", type=int, default=None, help="first N samples of each dataset")
