@@ -155,6 +155,8 @@ class TrainSpec:
     grad_clip: float = opt(0.0, "clip the gradient norm to this value (0: off, as SPIN)", ge=0)
     warmup_steps: int = opt(0, "raise the learning rate linearly over the first N optimizer steps (0: off, as SPIN)",
                             ge=0)
+    lr_schedule: Literal["constant", "cosine"] = opt(
+        "constant", "after the warm-up: constant (SPIN) or cosine decay to 0 at the run's last step")
     seed: int = opt(0, "random seed (data order, augmentation, init)")
     amp: bool = opt(True, "mixed precision (only used on CUDA)")
     channels_last: bool = opt(False, "channels-last memory format")

@@ -517,6 +517,7 @@ def fit(state: TrainState, make_loader: Callable[[int], Iterable[dict]], opts: F
         if per_epoch is not None and n_steps is not None:
             n_steps = min(per_epoch, n_steps)
         total = (n_steps or 0) * opts.epochs
+        set_total_steps(state.scheduler, total)
 
         def on_step(record: dict, epoch: int = epoch) -> None:
             if main and run_dir is not None and state.step % opts.log_every == 0:
@@ -556,7 +557,8 @@ def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torc
     are large: without a warm-up, lr 1e-3 drives the camera scale negative and SPIN's exp(-10 s) term to inf)."""
     optimizer = torch.optim.Adam(param_groups(model, spec), lr=spec.lr, weight_decay=spec.weight_decay,
                                  betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(getattr(spec, "warmup_steps", 0)))
+    factor = LRFactor(getattr(spec, "warmup_steps", 0), getattr(spec, "lr_schedule", "constant"))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return optimizer, scheduler
 
 
@@ -573,11 +575,30 @@ def param_groups(model: nn.Module, spec) -> list[dict]:
             {"params": [p for p in params if id(p) not in head], "lr": encoder_lr}]
 
 
-def warmup_factor(warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier at optimizer step `step` (0-based): (step + 1) / warmup_steps until 1, then 1."""
-    def factor(step: int) -> float:
-        return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-    return factor
+class LRFactor:
+    """LR multiplier at optimizer step `step` (0-based): a linear warm-up, (step + 1) / warmup_steps until 1, times
+    1 (constant) or a cosine from 1 at step 0 to 0 at `total_steps` (set by `fit` once the epoch length is known).
+    A callable object, so LambdaLR's state_dict (and a resumed run) carries these fields."""
+
+    def __init__(self, warmup_steps: int = 0, schedule: str = "constant"):
+        self.warmup_steps = int(warmup_steps)
+        self.schedule = schedule
+        self.total_steps: int | None = None
+
+    def __call__(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        if self.schedule != "cosine" or not self.total_steps:
+            return warm
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+
+
+def set_total_steps(scheduler, total: int) -> None:
+    """Tell the schedule how many optimizer steps the whole run takes (a cosine ends there)."""
+    for factor in getattr(scheduler, "lr_lambdas", []):
+        if isinstance(factor, LRFactor) and factor.total_steps != total:
+            factor.total_steps = total
+            for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * factor(scheduler.last_epoch)
 
 
 def amp_dtype(spec, device: torch.device) -> torch.dtype | None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.models import create_model
-from compress.train import (LAST, FitOptions, DistInfo, fit, load_train_state, make_state, rng_state,
+from compress.train import (LAST, FitOptions, DistInfo, LRFactor, fit, load_train_state, make_state, rng_state,
                             set_rng_state, set_sync_batchnorm, train_one_epoch)
 
 RES = 32
@@ -151,6 +151,42 @@ def test_resume_from_epoch_checkpoint_is_exact(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(UserError, match="stage"):
         load_train_state(_state(), tmp_path / LAST, phase="train", stage="FT(3)")
+
+
+def test_lr_warmup_and_cosine_factors():
+    warm = LRFactor(warmup_steps=4)
+    assert [warm(i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = LRFactor(warmup_steps=0, schedule="cosine")
+    assert cos(5) == 1.0  # no total yet: constant
+    cos.total_steps = 10
+    assert cos(0) == 1.0 and cos(5) == pytest.approx(0.5) and cos(10) == pytest.approx(0.0)
+    assert cos(12) == pytest.approx(0.0)
+
+
+def test_cosine_schedule_resumes_exactly_after_an_interrupted_epoch(tmp_path):
+    """A run killed after epoch 1 of 3 and resumed ends bitwise where an uninterrupted one does (the schedule's
+    length and position come back from last.pt), and the rate reaches 0 at the last step."""
+    data = ToyData(16)
+    opts = dict(epochs=3, steps_per_epoch=3)
+    full = _state(lr_schedule="cosine", warmup_steps=2)
+    fit(full, _loader_factory(data), FitOptions(**opts))
+    assert full.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+    make = _loader_factory(data)
+
+    def killed_in_epoch_2(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return make(epoch)
+
+    part = _state(lr_schedule="cosine", warmup_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(part, killed_in_epoch_2, FitOptions(**opts, run_dir=tmp_path, stage="x"))
+    resumed = _state(seed=5, lr_schedule="cosine", warmup_steps=2)
+    load_train_state(resumed, tmp_path / LAST, phase="train", stage="x")
+    fit(resumed, _loader_factory(data), FitOptions(**opts))
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
