@@ -2,8 +2,9 @@
 
 For every fine-tuned row of a report whose parent is a pruned row, and every 3D error metric both have:
 lost = pruned - baseline and recovered = (pruned - fine-tuned) / lost, in mm and percent (errors: lower is
-better). A metric the pruning did not make worse (lost below MIN_LOSS_MM) has no recovery share; the "all" column
-pools every metric: (sum pruned - sum fine-tuned) / (sum pruned - sum baseline).
+better). A metric the pruning hardly changed (lost below MIN_LOSS_MM or below MIN_LOSS_SHARE of the baseline's
+value: the evaluation sets' noise) has no recovery share; the "all" column pools the metrics that have one:
+(sum pruned - sum fine-tuned) / (sum pruned - sum baseline).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Optional
 
 from compress.constants import EVAL_DATASETS
 
-MIN_LOSS_MM = 0.5
+MIN_LOSS_MM = 1.0
+MIN_LOSS_SHARE = 0.05
 METRICS = (("mpjpe_mm", "MPJPE"), ("pa_mpjpe_mm", "PA"))
 TITLES = {"3dpw": "3DPW", "mpi-inf-3dhp": "MPI-INF", "h36m-p1": "H36M-P1", "h36m-p2": "H36M-P2"}
 
@@ -26,12 +28,18 @@ class Recovery:
     def share(self, title: str) -> Optional[float]:
         base, pruned, tuned = self.cells[title]
         lost = pruned - base
-        return (pruned - tuned) / lost if lost >= MIN_LOSS_MM else None
+        return (pruned - tuned) / lost if _meaningful(lost, base) else None
 
     def pooled(self) -> Optional[float]:
-        base, pruned, tuned = (sum(v[i] for v in self.cells.values()) for i in range(3))
-        lost = pruned - base
-        return (pruned - tuned) / lost if self.cells and lost >= MIN_LOSS_MM else None
+        kept = [v for t, v in self.cells.items() if self.share(t) is not None]
+        if not kept:
+            return None
+        base, pruned, tuned = (sum(v[i] for v in kept) for i in range(3))
+        return (pruned - tuned) / (pruned - base)
+
+
+def _meaningful(lost: float, base: float) -> bool:
+    return lost >= max(MIN_LOSS_MM, MIN_LOSS_SHARE * abs(base))
 
 
 def _value(row: dict, key: str, metric: str) -> Optional[float]:
@@ -81,8 +89,9 @@ def recovery_table(recs: list[Recovery]) -> tuple[list[str], list[list[str]]]:
     return ["fine-tuned", "run", *titles, "all"], body
 
 
-CAPTION = ("Recovery by fine-tuning: share of the error the pruning added (lost = pruned − baseline, mm) that the "
-           "fine-tuning removed; 100% is back at the baseline, above 100% better than it; \"all\" pools every metric")
+CAPTION = ("Recovery by fine-tuning: share of the error the pruning added (lost = pruned − baseline, mm) that "
+           "the fine-tuning removed; 100% is back at the baseline, above 100% better than it; n/a: the pruning "
+           "changed it by less than 5% (noise); \"all\" pools the others")
 
 
 def render_recovery_markdown(rows: list[dict]) -> str:

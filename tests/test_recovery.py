@@ -19,6 +19,17 @@ ROWS = [
 ]
 
 
+def test_a_loss_within_the_noise_has_no_share():
+    rows = [_row("baseline", "base.pt", None, 100.0, 60.0, run="base"), _row("P1", "p1.pt", "base.pt", 104.0, 62.9),
+            _row("P1+FT(4)", "ft.pt", "p1.pt", 101.0, 61.0)]
+    (rec,) = recovery_rows(rows)
+    assert rec.share("3DPW MPJPE") is None  # 4 mm of 100: under 5%
+    assert rec.share("3DPW PA") is None  # 2.9 mm of 60: under 5%
+    assert rec.pooled() is None
+    rows[1]["metrics"]["3dpw"]["mpjpe_mm"] = 106.0
+    assert recovery_rows(rows)[0].share("3DPW MPJPE") == pytest.approx(5 / 6)
+
+
 def test_shares_are_the_lost_error_won_back():
     recs = recovery_rows(ROWS)
     assert [(r.stage, r.run) for r in recs] == [("P1+FT(4)+KD", "p1"), ("P1+FT(4)", "p1_nokd")]
@@ -26,10 +37,10 @@ def test_shares_are_the_lost_error_won_back():
     assert kd.share("3DPW MPJPE") == pytest.approx(30 / 40)
     assert plain.share("3DPW MPJPE") == pytest.approx(10 / 40)
     assert kd.share("3DPW PA") is None  # pruning made PA 0.2 mm better: nothing to recover
-    assert kd.pooled() == pytest.approx((199.8 - 171.0) / (199.8 - 160.0))
+    assert kd.pooled() == pytest.approx(30 / 40)  # pooled over the metrics with a share (here MPJPE only)
     head, body = recovery_table(recs)
     assert head == ["fine-tuned", "run", "3DPW MPJPE", "3DPW PA", "all"]
-    assert body[0] == ["P1+FT(4)+KD", "p1", "75% of +40.0", "n/a (lost −0.2)", "72%"]
+    assert body[0] == ["P1+FT(4)+KD", "p1", "75% of +40.0", "n/a (lost −0.2)", "75%"]
     assert body[1][2] == "25% of +40.0"
 
 
