@@ -585,6 +585,12 @@ def _onnx_latency_cached(path: Path, profile: dict | None, *, retime: bool) -> t
     return stats["median_ms"], ""
 
 
+def checkpoint_metrics(path: str | Path) -> dict:
+    """{dataset: {metric: value}} recorded for a checkpoint (its metadata, then `metrics/<stem>.json` beside it)."""
+    path = Path(path)
+    return _metrics(path, read_meta(path))[0]
+
+
 def _metrics(path: Path, meta: dict) -> tuple[dict, dict]:
     """Eval results of a checkpoint: its metadata first, then `metrics/<stem>.json` in its run directory."""
     metrics: dict[str, dict] = {}
