@@ -474,7 +474,11 @@ def load_train_state(state: TrainState, path: Path, *, phase: str, stage: str) -
         raise UserError(f"{path} belongs to stage {payload.get('stage')} but this run is {stage}: "
                         "pass the same --epochs as the interrupted run, or run without --resume")
     state.model.load_state_dict(payload["state_dict"])
-    state.optimizer.load_state_dict(payload["optimizer"])
+    try:
+        state.optimizer.load_state_dict(payload["optimizer"])
+    except ValueError as exc:  # e.g. encoder_lr set on one side only: another number of parameter groups
+        raise UserError(f"{path} was written with another optimizer layout ({exc}): resume with the interrupted "
+                        "run's train/finetune settings (encoder_lr), or run without --resume") from None
     state.scheduler.load_state_dict(payload["scheduler"])
     if state.scaler is not None and payload.get("scaler"):
         state.scaler.load_state_dict(payload["scaler"])

@@ -189,6 +189,13 @@ def test_cosine_schedule_resumes_exactly_after_an_interrupted_epoch(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_resume_with_another_optimizer_layout_is_a_user_error(tmp_path):
+    data = ToyData(8)
+    fit(_state(), _loader_factory(data), FitOptions(epochs=1, steps_per_epoch=1, run_dir=tmp_path, stage="x"))
+    with pytest.raises(UserError, match="another optimizer layout"):
+        load_train_state(_state(encoder_lr=1e-2), tmp_path / LAST, phase="train", stage="x")
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     state = _state()
     opts = FitOptions(epochs=3, steps_per_epoch=2, run_dir=tmp_path, stage="s")
