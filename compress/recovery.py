@@ -102,17 +102,3 @@ def render_recovery_markdown(rows: list[dict]) -> str:
     lines = [CAPTION + ":", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in body]) + "\n"
 
-
-def print_recovery(rows: list[dict], console) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    head, body = recovery_table(recovery_rows(rows))
-    if not body:
-        return
-    table = Table(title=CAPTION)
-    for i, h in enumerate(head):
-        table.add_column(h, justify="left" if i < 2 else "right", no_wrap=i < 2)
-    for line in body:
-        table.add_row(*(Text(x) for x in line))
-    console.print(table)

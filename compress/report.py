@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable
 
 from compress.constants import EVAL_DATASETS
 from compress.errors import UserError
-from compress.recovery import print_recovery, render_recovery_markdown
+from compress.recovery import CAPTION as RECOVERY_CAPTION
+from compress.recovery import recovery_rows, recovery_table, render_recovery_markdown
 
 log = logging.getLogger(__name__)
 
@@ -890,6 +891,22 @@ def print_table(rows: list[dict], *, console=None) -> None:
     print_recovery(rows, console)
     for line in _footer(rows, notes):
         console.print(Text(line))
+
+
+def print_recovery(rows: list[dict], console) -> None:
+    """The recovery table (compress.recovery) on a rich console, when a fine-tuned row follows a pruned one."""
+    from rich.table import Table
+    from rich.text import Text
+
+    head, body = recovery_table(recovery_rows(rows))
+    if not body:
+        return
+    table = Table(title=RECOVERY_CAPTION)
+    for i, h in enumerate(head):
+        table.add_column(h, justify="left" if i < 2 else "right", no_wrap=i < 2)
+    for line in body:
+        table.add_row(*(Text(x) for x in line))
+    console.print(table)
 
 
 def _header(col: Column, marks: dict[str, str]) -> str:

@@ -569,12 +569,13 @@ def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torc
 def param_groups(model: nn.Module, spec) -> list[dict]:
     """One group at spec.lr; with spec.encoder_lr, the regressor (model.regressor_names) first at spec.lr and the
     encoder second at encoder_lr."""
+    from compress.models import regressor_parameters
+
     params = [p for p in model.parameters() if p.requires_grad]
     encoder_lr = getattr(spec, "encoder_lr", None)
     if encoder_lr is None:
         return [{"params": params}]
-    head = {id(p) for name in getattr(model, "regressor_names", []) if getattr(model, name, None) is not None
-            for p in getattr(model, name).parameters()}
+    head = {id(p) for p in regressor_parameters(model)}
     return [{"params": [p for p in params if id(p) in head]},
             {"params": [p for p in params if id(p) not in head], "lr": encoder_lr}]
 

@@ -2,7 +2,8 @@
 import pytest
 from rich.console import Console
 
-from compress.recovery import recovery_rows, recovery_table, render_recovery_markdown, print_recovery
+from compress.recovery import recovery_rows, recovery_table, render_recovery_markdown
+from compress.report import print_recovery
 
 
 def _row(stage, ckpt, parent, mpjpe, pa, run="p1"):

@@ -153,6 +153,19 @@ def test_resume_from_epoch_checkpoint_is_exact(tmp_path):
         load_train_state(_state(), tmp_path / LAST, phase="train", stage="FT(3)")
 
 
+def test_encoder_lr_gives_the_encoder_its_own_rate():
+    from compress.models import parameter_split
+
+    state = _state(encoder_lr=5e-2)
+    head, body = state.optimizer.param_groups
+    assert head["lr"] == 1e-3 and body["lr"] == 5e-2
+    split = parameter_split(state.model)
+    assert sum(p.numel() for p in head["params"]) == split["regressor"] > 0
+    assert sum(p.numel() for p in body["params"]) == split["encoder"] > 0
+    (single,) = _state().optimizer.param_groups
+    assert sum(p.numel() for p in single["params"]) == split["total"]
+
+
 def test_lr_warmup_and_cosine_factors():
     warm = LRFactor(warmup_steps=4)
     assert [warm(i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

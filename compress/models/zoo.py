@@ -184,17 +184,18 @@ def create_model(name: str, **overrides) -> IEFModel:
     return model
 
 
+def regressor_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the modules named in `model.regressor_names` (each once); the rest is the encoder."""
+    seen: dict[int, nn.Parameter] = {}
+    for name in getattr(model, "regressor_names", []):
+        module = getattr(model, name, None)
+        for p in module.parameters() if module is not None else ():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
 def parameter_split(model: nn.Module) -> dict[str, int]:
     """Parameter counts {"encoder", "regressor", "total"}; the regressor is `model.regressor_names`."""
     total = sum(p.numel() for p in model.parameters())
-    seen: set[int] = set()
-    regressor = 0
-    for name in getattr(model, "regressor_names", []):
-        module = getattr(model, name, None)
-        if module is None:
-            continue
-        for p in module.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                regressor += p.numel()
+    regressor = sum(p.numel() for p in regressor_parameters(model))
     return {"encoder": total - regressor, "regressor": regressor, "total": total}
