@@ -20,6 +20,7 @@ import dataclasses
 import datetime as _dt
 import inspect
 import logging
+import math
 import os
 import pickle
 import re
@@ -54,6 +55,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN/inf float replaced by None, so `json.dumps(..., allow_nan=False)` writes strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -1013,17 +1013,9 @@ def _csv_num(v: Any, scale: float) -> str:
 
 def render_json(rows: list[dict]) -> str:
     """The rows as strict JSON: non-finite numbers (a NaN metric) become null."""
-    return json.dumps(_finite(rows), indent=2, default=str, allow_nan=False)
+    from compress.checkpoint import finite_json
 
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    return json.dumps(finite_json(rows), indent=2, default=str, allow_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- plots

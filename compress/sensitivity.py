@@ -170,7 +170,7 @@ def run_sensitivity(
     `suggest_ratios(results, budget_ratio=...)` under "suggested". progress(done, total, info) after every
     evaluation. Ratios of 0 are dropped (the baseline is always evaluated). Returns what sensitivity.json holds.
     """
-    from compress.checkpoint import atomic_write_text, load_checkpoint, resolve_checkpoint
+    from compress.checkpoint import atomic_write_text, finite_json, load_checkpoint, resolve_checkpoint
     from compress.eval.protocols import evaluate
     from compress.prune import cost
 
@@ -236,7 +236,7 @@ def run_sensitivity(
                                 "ratio_by_module": suggest_ratios(results, budget_ratio=budget_ratio)}
     results["plot"] = str(plot_sensitivity(results, out / PLOT_NAME))
     results["json"] = str(out / JSON_NAME)
-    atomic_write_text(out / JSON_NAME, json.dumps(results, indent=2))
+    atomic_write_text(out / JSON_NAME, json.dumps(finite_json(results), indent=2, allow_nan=False))  # NaN -> null
     log.info("sensitivity: wrote %s and %s", results["json"], results["plot"])
     return results
 
@@ -323,7 +323,10 @@ def _rank_units(units: list[str], rows: list[dict], *, rank_by: str) -> list[dic
     def key(e: dict) -> tuple:
         # A negative slope (pruning "helped" on this subset) is noise, not a gain: it ranks as zero loss, and
         # among equal losses the unit that removes the larger share comes first, then the forward order.
-        return max(e[f"mm_per_pct_{rank_by}"], 0.0), -e[f"{rank_by}_removed_pct_max"], order[e["unit"]]
+        # A NaN slope (the pruned model's error was not finite) ranks last, never first.
+        slope = e[f"mm_per_pct_{rank_by}"]
+        slope = math.inf if math.isnan(slope) else max(slope, 0.0)
+        return slope, -e[f"{rank_by}_removed_pct_max"], order[e["unit"]]
 
     measured = sorted((e for e in entries if e["params_removed_max"] > 0), key=key)
     for i, e in enumerate(measured, 1):

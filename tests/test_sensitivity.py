@@ -151,6 +151,17 @@ def test_suggestion_prunes_the_least_sensitive_most():
     assert set(suggest_ratios(flat, budget_ratio=0.2).values()) == {0.2}
 
 
+def test_a_unit_whose_pruned_error_is_nan_ranks_last():
+    from compress.sensitivity import _rank_units
+
+    def row(unit, delta):
+        return {"unit": unit, "ratio": 0.5, "channels": 8, "params_removed": 100, "params_removed_pct": 10.0,
+                "macs_removed_pct": 10.0, "delta_pa_mpjpe_mm": delta}
+
+    ranked = _rank_units(["a", "b", "c"], [row("a", float("nan")), row("b", 30.0), row("c", 5.0)], rank_by="params")
+    assert [(u["unit"], u["rank"]) for u in ranked] == [("c", 1), ("b", 2), ("a", 3)]
+
+
 def test_bad_ratios_and_budgets_are_refused():
     assert _check_ratios([0.0, 0.2, 0.2, 0.1]) == [0.1, 0.2]
     for bad in ([0.0], [1.0], [-0.1], [0.2, 1.5]):
