@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,30 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.models import create_model  # noqa: E402
-from compress.latency import paired_ratio  # noqa: E402
+from compress.latency import ab_latency, paired_ratio  # noqa: E402
 from compress.prune import prune_model  # noqa: E402
 from compress.recipe import PruneSpec, PruneTarget  # noqa: E402
-
-
-def _interleaved(models: dict, *, img_res: int, repeats: int, warmup: int = 5) -> dict:
-    """Timing as compress.profile.interleaved_latency (A B C A B C ..., after warm-up), keeping the raw samples:
-    sample i of every model comes from round i, so per-round ratios can be paired."""
-    x = torch.randn(1, 3, img_res, img_res)
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    with torch.no_grad():
-        for m in models.values():
-            for _ in range(warmup):
-                m(x)
-        for _ in range(repeats):
-            for key, m in models.items():
-                start = time.perf_counter()
-                m(x)
-                samples[key].append((time.perf_counter() - start) * 1000.0)
-    out = {}
-    for key, v in samples.items():
-        q = statistics.quantiles(v, n=10)
-        out[key] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1], "samples_ms": v}
-    return out
 
 
 def _uniform_at_most(model, example, *, macs: int):
@@ -105,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {"unpruned": None, "latency": s_fast, "uniform": s_uni}
     trials = []
     for trial in range(args.trials):
-        timing = _interleaved(models, img_res=res, repeats=args.repeats)
+        timing = ab_latency(models, img_res=res, warmup=5, repeats=args.repeats)  # A B C A B C ..., paired
         base = timing["unpruned"]["median_ms"]
         print(f"trial {trial + 1}/{args.trials}:")
         rows = []
