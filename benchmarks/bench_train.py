@@ -113,7 +113,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from compress.models import create_model
-    from compress.train import DistInfo, loader_factory, make_state, train_dataset, training_smpl
+    from compress.data.datasets import training_set
+    from compress.distributed import DistInfo
+    from compress.smpl import training_smpl
+    from compress.train import loader_factory, make_state
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data) if args.data else Path(tmp) / "synthetic"
@@ -129,7 +132,7 @@ def main() -> None:
         model = create_model(args.model, img_res=args.img_res)
         state = make_state(model, training_smpl(root, recipe.train), recipe.train, img_res=args.img_res,
                            device=torch.device("cpu"), info=DistInfo())
-        dataset = train_dataset(recipe, img_res=args.img_res)
+        dataset = training_set(recipe.data, img_res=args.img_res, augment=recipe.data.augment)
         per_round = args.steps + PREFETCH * args.workers
         needed = args.batch_size * (args.rounds * per_round + args.warmup + 2)
         if len(dataset) < needed:  # small roots have a handful of samples: cycle through them

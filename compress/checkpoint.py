@@ -20,11 +20,9 @@ import dataclasses
 import datetime as _dt
 import inspect
 import logging
-import math
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,67 +31,14 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.io import atomic_torch_save
 from compress.models.encoders import ChannelShuffle
+from compress.runs import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# Run directory -> checkpoint, first existing file wins: the fine-tuned model, else the pruned one, else a
-# baseline from `compress train`.
-RUN_CHECKPOINTS = ("finetuned.pt", "pruned.pt", "trained.pt")
 _SHOW = 5  # keys named in mismatch messages
-
-
-# ----------------------------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder + os.replace (never a half-written file)."""
-    return _atomic(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def finite_json(obj: Any) -> Any:
-    """`obj` with every NaN/inf float replaced by None, so `json.dumps(..., allow_nan=False)` writes strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save(obj)` to `path` atomically."""
-    return _atomic(path, lambda f: torch.save(obj, f))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: str | os.PathLike, write: Callable[[Any], Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- widths
@@ -283,21 +228,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, parent: str | 
 
 
 # ----------------------------------------------------------------------------------------------- load
-
-
-def resolve_checkpoint(path_or_run: str | os.PathLike, *, order: tuple[str, ...] = RUN_CHECKPOINTS,
-                       what: str = "checkpoint") -> Path:
-    """A checkpoint file as given; a run directory -> the first of `order` it holds (by default `finetuned.pt`,
-    else `pruned.pt`, else `trained.pt`). `what` names the setting in the error (e.g. "prune.from")."""
-    path = Path(path_or_run)
-    if path.is_dir():
-        for candidate in order:
-            if (path / candidate).is_file():
-                return path / candidate
-        raise UserError(f"{what}: no checkpoint in run directory {path} (looked for {', '.join(order)})")
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path} (a .pt file or a run directory)")
-    return path
 
 
 def read_checkpoint_file(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict:

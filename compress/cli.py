@@ -137,7 +137,7 @@ def _eval_progress(bar):
 
 def _default_eval_dir(checkpoint: str) -> Path:
     """Per-sample results go beside the checkpoint: <dir>/eval_<stem>/ (a run dir: its resolved checkpoint)."""
-    from compress.checkpoint import resolve_checkpoint
+    from compress.runs import resolve_checkpoint
 
     path = Path(resolve_checkpoint(checkpoint))
     return path.parent / f"eval_{path.stem}"

@@ -10,8 +10,11 @@ import dataclasses
 import logging
 import math
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from compress.errors import UserError
 from compress.geometry import batch_rodrigues, project_to_crop
@@ -140,6 +143,44 @@ def spin_losses(out: dict, vertices: torch.Tensor, joints: torch.Tensor, batch: 
             raise ValueError("shape loss weight > 0 needs gt_vertices")
         terms["shape"] = shape_loss(vertices.float(), gt_vertices, batch["has_smpl"])
     return terms
+
+
+TARGET_KEYS = ("keypoints", "pose_3d", "has_pose_3d", "pose", "betas", "has_smpl")  # the batch fields the terms read
+
+
+def batch_targets(batch: dict, device: torch.device, *, fits=None) -> dict[str, torch.Tensor]:
+    """The batch's targets on `device` (float); with static fits (compress.data.fits.StaticFits), samples without
+    SMPL ground truth get their fit as SMPL target."""
+    targets = {k: batch[k].to(device, non_blocking=True).float() for k in TARGET_KEYS}
+    if fits:
+        fits.apply(batch, targets)
+    return targets
+
+
+def spin_batch_terms(out: dict, smpl: Callable, targets: dict, *, weights: LossWeights, img_res: int):
+    """SMPL of the prediction (float32: blend shapes and skinning lose too much in half) and SPIN's terms.
+    smpl(rotmat, betas) -> .joints (B, 49, 3), .vertices. Returns (terms, the prediction's SMPL output)."""
+    pred = smpl(out["rotmat"].float(), out["betas"].float())
+    gt_vertices = None
+    if weights.shape > 0:
+        with torch.no_grad():
+            gt_rotmat = batch_rodrigues(targets["pose"].reshape(-1, 3)).reshape(-1, 24, 3, 3)
+            gt_vertices = smpl(gt_rotmat, targets["betas"]).vertices  # (B, 6890, 3)
+    terms = spin_losses(out, pred.vertices, pred.joints, targets, weights=weights, img_res=img_res,
+                        gt_vertices=gt_vertices)
+    return terms, pred
+
+
+def spin_loss_fn(smpl: Callable, *, weights: LossWeights, img_res: int, device: torch.device, fits=None) -> Callable:
+    """loss_fn(model, batch) -> SPIN's weighted total, the training loss without distillation (for Taylor
+    importance: the gradients pruning ranks channels by are those fine-tuning will follow)."""
+
+    def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
+        targets = batch_targets(batch, device, fits=fits)
+        terms, _ = spin_batch_terms(model(batch["img"].to(device)), smpl, targets, weights=weights, img_res=img_res)
+        return compute_losses(terms, weights)["total"]
+
+    return loss_fn
 
 
 # ----------------------------------------------------------------------------------------------- distillation

@@ -18,7 +18,8 @@ def load_any(target: str, **overrides) -> tuple[nn.Module, dict]:
     from compress.models import create_model
 
     if Path(target).suffix in (".pt", ".pth") or Path(target).is_dir() or Path(target).exists():
-        from compress.checkpoint import load_checkpoint, resolve_checkpoint
+        from compress.checkpoint import load_checkpoint
+        from compress.runs import resolve_checkpoint
 
         return load_checkpoint(resolve_checkpoint(target), **overrides)
     return create_model(target, **overrides), {}
@@ -285,7 +286,7 @@ def profile_checkpoint(
     """
     import json
 
-    from compress.checkpoint import atomic_write_text
+    from compress.io import atomic_write_text
 
     path = Path(path)
     model, _ = load_any(str(path))

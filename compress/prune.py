@@ -1110,61 +1110,25 @@ def _prune_to_latency(model: nn.Module, spec, example_inputs: torch.Tensor, *, l
 # ----------------------------------------------------------------------------------------------- run
 
 
-START_CHECKPOINTS = ("finetuned.pt", "trained.pt", "pruned.pt")  # what a run directory offers to prune, in order
-
-
-def _resolve_start(ref: str) -> Path:
-    # prune the newest unpruned-or-finetuned weights of a run: finetuned.pt, then trained.pt, then pruned.pt
-    from compress.checkpoint import resolve_checkpoint
-
-    return resolve_checkpoint(ref, order=START_CHECKPOINTS, what="prune.from")
-
-
-def load_start_model(recipe) -> tuple[nn.Module, str | None]:
-    """The model to prune: prune.from, else model.checkpoint, else a fresh zoo model -> (model, parent path)."""
-    from compress.checkpoint import load_checkpoint, read_checkpoint_file
-
-    ref = recipe.prune.from_ or recipe.model.checkpoint
-    if not ref:
-        log.warning("prune: no prune.from or model.checkpoint, pruning a freshly initialised %s", recipe.model.name)
-        from compress.train import initial_model
-
-        return initial_model(recipe)  # as `compress train` would start it (the data root's mean params)
-    path = _resolve_start(ref)
-    ours = "format_version" in read_checkpoint_file(path)
-    # our files describe their model; SPIN files and bare state_dicts take it from the recipe
-    model, meta = load_checkpoint(path, name=None if ours else recipe.model.name, img_res=recipe.model.img_res)
-    return model, str(meta.get("path", path))
-
-
 def hmr_loss_fn(recipe, *, device: torch.device) -> Callable:
-    """loss_fn(model, batch) -> SPIN's weighted total loss (the fine-tuning loss), for data-driven importance."""
-    from compress.losses import compute_losses, loss_weights, spin_losses
+    """loss_fn(model, batch) -> SPIN's weighted fine-tuning loss (static fits included), for Taylor importance."""
+    from compress.data.fits import StaticFits
+    from compress.losses import loss_weights, spin_loss_fn
     from compress.recipe import TrainSpec
-    from compress.smpl import SMPL
+    from compress.smpl import training_smpl
 
     spec = recipe.finetune or recipe.train or TrainSpec()
-    weights = loss_weights(spec, distill=False)
-    smpl = SMPL(recipe.data.root, gender="neutral").to(device)
-    keys = ("keypoints", "pose_3d", "has_pose_3d", "pose", "betas", "has_smpl")
-
-    def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
-        targets = {k: batch[k].to(device).float() for k in keys}
-        out = model(batch["img"].to(device))
-        pred = smpl(out["rotmat"], out["betas"])
-        terms = spin_losses(out, pred.vertices, pred.joints, targets, weights=weights, img_res=recipe.model.img_res)
-        return compute_losses(terms, weights)["total"]
-
-    return loss_fn
+    smpl = training_smpl(recipe.data.root, spec).to(device)
+    fits = StaticFits(recipe.data.root, recipe.data.train_datasets)
+    return spin_loss_fn(smpl, weights=loss_weights(spec, distill=False), img_res=recipe.model.img_res,
+                        device=device, fits=fits)
 
 
 def calibration_batches(recipe, *, n: int, batch_size: int = 8) -> list[dict]:
     """The first `n` batches of a seeded shuffle of the training mix, without augmentation."""
-    from compress.data.datasets import MixedDataset
+    from compress.data.datasets import training_set
 
-    dataset = MixedDataset(recipe.data.root, datasets=list(recipe.data.train_datasets), mix=dict(recipe.data.mix),
-                           img_res=recipe.model.img_res, is_train=True, augment=False,
-                           image_roots=dict(recipe.data.image_roots), cache=recipe.data.cache)
+    dataset = training_set(recipe.data, img_res=recipe.model.img_res, augment=False)
     generator = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                                          num_workers=0, drop_last=False)
@@ -1176,23 +1140,14 @@ def calibration_batches(recipe, *, n: int, batch_size: int = 8) -> list[dict]:
     return batches
 
 
-def _point_latest(run_dir: Path) -> None:
-    """runs/latest -> run_dir (a relative symlink, replaced atomically)."""
-    import os
-
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(run_dir.name, tmp)
-    os.replace(tmp, link)
-
-
 def run_prune(recipe, *, out_dir: str | Path | None = None) -> dict:
     """`compress prune RECIPE`: load the start model, prune it, write runs/NAME/{pruned.pt, recipe.yaml,
     metrics/prune_summary.json} and point runs/latest at the run. Returns the summary."""
-    from compress.checkpoint import atomic_write_text, save_checkpoint
+    from compress.checkpoint import save_checkpoint
+    from compress.io import atomic_write_text
     from compress.recipe import save_recipe
+    from compress.runs import point_latest
+    from compress.start import load_start_model
 
     spec = recipe.prune
     if spec is None:
@@ -1223,6 +1178,6 @@ def run_prune(recipe, *, out_dir: str | Path | None = None) -> dict:
     summary["parent"] = parent
     (run_dir / "metrics").mkdir(exist_ok=True)
     atomic_write_text(run_dir / "metrics" / "prune_summary.json", json.dumps(summary, indent=2))
-    _point_latest(run_dir)
+    point_latest(run_dir)
     log.info("wrote %s", path)
     return summary

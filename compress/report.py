@@ -1013,7 +1013,7 @@ def _csv_num(v: Any, scale: float) -> str:
 
 def render_json(rows: list[dict]) -> str:
     """The rows as strict JSON: non-finite numbers (a NaN metric) become null."""
-    from compress.checkpoint import finite_json
+    from compress.io import finite_json
 
     return json.dumps(finite_json(rows), indent=2, default=str, allow_nan=False)
 

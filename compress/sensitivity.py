@@ -170,7 +170,9 @@ def run_sensitivity(
     `suggest_ratios(results, budget_ratio=...)` under "suggested". progress(done, total, info) after every
     evaluation. Ratios of 0 are dropped (the baseline is always evaluated). Returns what sensitivity.json holds.
     """
-    from compress.checkpoint import atomic_write_text, finite_json, load_checkpoint, resolve_checkpoint
+    from compress.checkpoint import load_checkpoint
+    from compress.io import atomic_write_text, finite_json
+    from compress.runs import resolve_checkpoint
     from compress.eval.protocols import evaluate
     from compress.prune import cost
 

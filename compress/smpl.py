@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,3 +285,62 @@ class SMPL(nn.Module):
     def joints_h36m(self, vertices: torch.Tensor) -> torch.Tensor:
         """(B, 6890, 3) -> (B, 17, 3) with J_regressor_h36m (row 0 = pelvis)."""
         return torch.einsum("jv,bvc->bjc", self.J_regressor_h36m.to(vertices.dtype), vertices)
+
+
+# ----------------------------------------------------------------------------------------------- joints only
+
+
+class SMPLJoints(nn.Module):
+    """SPIN's 49 joints of compress.smpl.SMPL without the full mesh: the losses need joints only (the vertex L1 is
+    off by default), and the joints depend on ~300 of the 6890 vertices (smplx's 21 vertex-picked joints and the
+    non-zero columns of J_regressor_extra). Skinning only those makes SMPL a few percent of a training step.
+    Same output as SMPL(rotmat, betas).joints up to float rounding; `vertices` is None."""
+
+    def __init__(self, smpl: nn.Module) -> None:
+        super().__init__()
+        body = smpl.smpl  # the smplx.SMPL inside compress.smpl.SMPL
+        picked = body.vertex_joint_selector.extra_joints_idxs.long()  # (21,)
+        extra = smpl.J_regressor_extra  # (9, 6890)
+        used = torch.unique(torch.cat([picked, extra.abs().sum(0).nonzero().flatten()]))  # (S,)
+        n_pose = body.posedirs.shape[0]
+        reg = body.J_regressor  # (24, 6890)
+        self.register_buffer("j_template", reg @ body.v_template, persistent=False)  # (24, 3)
+        self.register_buffer("j_shapedirs", torch.einsum("jv,vcl->jcl", reg, body.shapedirs), persistent=False)
+        self.register_buffer("v_template", body.v_template[used], persistent=False)  # (S, 3)
+        self.register_buffer("shapedirs", body.shapedirs[used], persistent=False)  # (S, 3, L)
+        self.register_buffer("posedirs", body.posedirs.view(n_pose, -1, 3)[:, used].reshape(n_pose, -1),
+                             persistent=False)  # (207, S * 3)
+        self.register_buffer("weights", body.lbs_weights[used], persistent=False)  # (S, 24)
+        self.register_buffer("parents", body.parents.clone(), persistent=False)
+        self.register_buffer("extra", extra[:, used], persistent=False)  # (9, S)
+        self.register_buffer("picked", torch.searchsorted(used, picked), persistent=False)  # positions in `used`
+        self.register_buffer("joint_map", smpl.joint_map.clone(), persistent=False)
+
+    def forward(self, rotmat: torch.Tensor, betas: torch.Tensor) -> "SMPLJointsResult":
+        from smplx.lbs import batch_rigid_transform
+
+        b = rotmat.shape[0]
+        n_betas = self.shapedirs.shape[-1]
+        betas = betas[:, :n_betas]
+        joints_rest = self.j_template + torch.einsum("bl,jcl->bjc", betas, self.j_shapedirs)  # (B, 24, 3)
+        v = self.v_template + torch.einsum("bl,scl->bsc", betas, self.shapedirs)  # (B, S, 3)
+        eye = torch.eye(3, dtype=rotmat.dtype, device=rotmat.device)
+        pose_feature = (rotmat[:, 1:] - eye).reshape(b, -1)  # (B, 207)
+        v = v + (pose_feature @ self.posedirs).view(b, -1, 3)
+        joints24, rel = batch_rigid_transform(rotmat, joints_rest, self.parents, dtype=rotmat.dtype)  # rel (B,24,4,4)
+        t = torch.einsum("sj,bjmn->bsmn", self.weights, rel)  # (B, S, 4, 4)
+        v = torch.einsum("bsmn,bsn->bsm", t[..., :3, :3], v) + t[..., :3, 3]  # (B, S, 3) posed
+        all_joints = torch.cat([joints24, v[:, self.picked], torch.einsum("js,bsc->bjc", self.extra, v)], dim=1)
+        return SMPLJointsResult(joints=all_joints[:, self.joint_map])  # (B, 49, 3)
+
+
+@dataclass(frozen=True)
+class SMPLJointsResult:
+    joints: torch.Tensor
+    vertices: None = None
+
+
+def training_smpl(root: str | os.PathLike, spec) -> nn.Module:
+    """The body model the losses call: joints only unless the vertex loss is on."""
+    smpl = SMPL(root, gender="neutral")
+    return smpl if spec.shape > 0 else SMPLJoints(smpl)

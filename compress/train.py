@@ -22,297 +22,41 @@ different masks than a single process would (the weights stay identical across r
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import itertools
 import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
-from compress.constants import SMPL_MEAN_PARAMS
+from compress.checkpoint import load_checkpoint, save_checkpoint
+from compress.data.datasets import training_set
+from compress.data.fits import StaticFits
+from compress.distributed import (DistInfo, all_reduce_mean, barrier, epoch_seed, init_distributed, rng_state,
+                                  seed_all, select_device, set_rng_state, set_sync_batchnorm)
 from compress.errors import UserError
-from compress.geometry import batch_rodrigues
-from compress.losses import (LossWeights, check_finite, compute_losses, distill_losses, loss_values, loss_weights,
-                             spin_losses)
+from compress.eval.protocols import evaluate
+from compress.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from compress.models import regressor_parameters
+from compress.losses import (LossWeights, batch_targets, check_finite, compute_losses, distill_losses, loss_values,
+                             loss_weights, spin_batch_terms)
+from compress.recipe import TrainSpec, load_recipe, save_recipe
+from compress.runs import (FINETUNED, LAST, LOG_FILE, PRUNED, RECIPE_FILE, RUNS_DIR, TRAINED, chain_root,
+                           metrics_file, resolve_ref)
+from compress.smpl import training_smpl
+from compress.start import initial_model
 
 log = logging.getLogger(__name__)
 
-TARGET_KEYS = ("keypoints", "pose_3d", "has_pose_3d", "pose", "betas", "has_smpl")
 STATE_FORMAT = "compress-train-state/1"
-LAST = "last.pt"
-LOG_FILE = "log.jsonl"
 
 Progress = Callable[[int, int, dict], None]  # (done steps, total steps, running values)
-
-
-# ----------------------------------------------------------------------------------------------- distributed
-
-
-@dataclasses.dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a torch.distributed job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False  # this module initialised the process group and tears it down
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Join the process group described by torchrun's environment (gloo on CPU, NCCL on CUDA); no-op when alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world <= 1:
-        return DistInfo()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=False)
-    # rank 0 evaluates alone at the end while the others wait in a barrier: allow a long evaluation
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=3))
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
-
-
-def select_device(info: DistInfo) -> torch.device:
-    return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world > 1:
-        dist.barrier()
-
-
-def _all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
-    """Average logged scalars over ranks, so that every rank logs and checks the same numbers (and a non-finite
-    loss stops every rank at the same step instead of leaving the others waiting in an all-reduce)."""
-    if info.world == 1:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / info.world).tolist()))
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes whose gradient is again the sum over processes (each rank's loss depends on every
-    rank's input through the shared batch statistics)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class _SyncBatchNormMixin:
-    """BatchNorm whose training statistics are those of the global batch over all processes (two-pass mean and
-    variance through differentiable all-reduces). Outside training or without a process group it is plain BN."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        all_reduce = _AllReduceSum.apply
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=xf.dtype, device=xf.device)
-        n = all_reduce(count)
-        mean = all_reduce(xf.sum(dims)) / n  # (C,)
-        var = all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n  # biased, as used for normalising
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
-
-
-class _SyncBatchNorm1d(_SyncBatchNormMixin, nn.BatchNorm1d):
-    pass
-
-
-class _SyncBatchNorm2d(_SyncBatchNormMixin, nn.BatchNorm2d):
-    pass
-
-
-_SYNC_BN = {nn.BatchNorm1d: _SyncBatchNorm1d, nn.BatchNorm2d: _SyncBatchNorm2d}
-
-
-def set_sync_batchnorm(model: nn.Module, enabled: bool) -> int:
-    """Switch BatchNorm1d/2d layers to (or back from) the synchronised variant in place, keeping the parameter and
-    buffer objects and state_dict keys. Returns the number of layers switched."""
-    back = {v: k for k, v in _SYNC_BN.items()}
-    n = 0
-    for m in model.modules():
-        cls = (_SYNC_BN if enabled else back).get(type(m))
-        if cls is not None:
-            m.__class__ = cls
-            n += 1
-    return n
-
-
-# ----------------------------------------------------------------------------------------------- RNG
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A 32-bit seed that depends on (seed, epoch, rank) only."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """torch / CUDA / numpy / python RNG states as weights_only-loadable data (tensors, ints, floats, lists)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, pystate, pygauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
-        "python": {"version": version, "state": list(pystate), "gauss": pygauss},
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-# ----------------------------------------------------------------------------------------------- SMPL joints
-
-
-class SMPLJoints(nn.Module):
-    """SPIN's 49 joints of compress.smpl.SMPL without the full mesh: the losses need joints only (the vertex L1 is
-    off by default), and the joints depend on ~300 of the 6890 vertices (smplx's 21 vertex-picked joints and the
-    non-zero columns of J_regressor_extra). Skinning only those makes SMPL a few percent of a training step.
-    Same output as SMPL(rotmat, betas).joints up to float rounding; `vertices` is None."""
-
-    def __init__(self, smpl: nn.Module) -> None:
-        super().__init__()
-        body = smpl.smpl  # the smplx.SMPL inside compress.smpl.SMPL
-        picked = body.vertex_joint_selector.extra_joints_idxs.long()  # (21,)
-        extra = smpl.J_regressor_extra  # (9, 6890)
-        used = torch.unique(torch.cat([picked, extra.abs().sum(0).nonzero().flatten()]))  # (S,)
-        n_pose = body.posedirs.shape[0]
-        reg = body.J_regressor  # (24, 6890)
-        self.register_buffer("j_template", reg @ body.v_template, persistent=False)  # (24, 3)
-        self.register_buffer("j_shapedirs", torch.einsum("jv,vcl->jcl", reg, body.shapedirs), persistent=False)
-        self.register_buffer("v_template", body.v_template[used], persistent=False)  # (S, 3)
-        self.register_buffer("shapedirs", body.shapedirs[used], persistent=False)  # (S, 3, L)
-        self.register_buffer("posedirs", body.posedirs.view(n_pose, -1, 3)[:, used].reshape(n_pose, -1),
-                             persistent=False)  # (207, S * 3)
-        self.register_buffer("weights", body.lbs_weights[used], persistent=False)  # (S, 24)
-        self.register_buffer("parents", body.parents.clone(), persistent=False)
-        self.register_buffer("extra", extra[:, used], persistent=False)  # (9, S)
-        self.register_buffer("picked", torch.searchsorted(used, picked), persistent=False)  # positions in `used`
-        self.register_buffer("joint_map", smpl.joint_map.clone(), persistent=False)
-
-    def forward(self, rotmat: torch.Tensor, betas: torch.Tensor) -> "SMPLJointsResult":
-        from smplx.lbs import batch_rigid_transform
-
-        b = rotmat.shape[0]
-        n_betas = self.shapedirs.shape[-1]
-        betas = betas[:, :n_betas]
-        joints_rest = self.j_template + torch.einsum("bl,jcl->bjc", betas, self.j_shapedirs)  # (B, 24, 3)
-        v = self.v_template + torch.einsum("bl,scl->bsc", betas, self.shapedirs)  # (B, S, 3)
-        eye = torch.eye(3, dtype=rotmat.dtype, device=rotmat.device)
-        pose_feature = (rotmat[:, 1:] - eye).reshape(b, -1)  # (B, 207)
-        v = v + (pose_feature @ self.posedirs).view(b, -1, 3)
-        joints24, rel = batch_rigid_transform(rotmat, joints_rest, self.parents, dtype=rotmat.dtype)  # rel (B,24,4,4)
-        t = torch.einsum("sj,bjmn->bsmn", self.weights, rel)  # (B, S, 4, 4)
-        v = torch.einsum("bsmn,bsn->bsm", t[..., :3, :3], v) + t[..., :3, 3]  # (B, S, 3) posed
-        all_joints = torch.cat([joints24, v[:, self.picked], torch.einsum("js,bsc->bjc", self.extra, v)], dim=1)
-        return SMPLJointsResult(joints=all_joints[:, self.joint_map])  # (B, 49, 3)
-
-
-@dataclasses.dataclass(frozen=True)
-class SMPLJointsResult:
-    joints: torch.Tensor
-    vertices: None = None
-
-
-def training_smpl(root: str | os.PathLike, spec) -> nn.Module:
-    """The body model the losses call: joints only unless the vertex loss is on."""
-    from compress.smpl import SMPL
-
-    smpl = SMPL(root, gender="neutral")
-    return smpl if spec.shape > 0 else SMPLJoints(smpl)
-
-
-# ----------------------------------------------------------------------------------------------- static fits
-
-
-class StaticFits:
-    """SPIN's static fits `<root>/static_fits/<dataset>_fits.npy` ((N, 82): 72 pose + 10 betas per training sample):
-    SMPL targets for samples without SMPL ground truth, rotated and flipped like the item. No SMPLify runs in the
-    loop, so these files never change. As in SPIN, fits with any |beta| > 3 have their betas zeroed."""
-
-    def __init__(self, root: str | os.PathLike, keys: Iterable[str]) -> None:
-        self.fits: dict[str, np.ndarray] = {}
-        for key in keys:
-            path = Path(root) / "static_fits" / f"{key}_fits.npy"
-            if path.is_file():
-                arr = np.load(path, allow_pickle=False).astype(np.float32)
-                if arr.ndim != 2 or arr.shape[1] != 82:
-                    raise UserError(f"{path}: expected (N, 82) pose+betas fits, got {arr.shape}")
-                arr[np.abs(arr[:, 72:]).max(axis=1) > 3, 72:] = 0.0
-                self.fits[key] = arr
-
-    def __bool__(self) -> bool:
-        return bool(self.fits)
-
-    def apply(self, batch: dict, targets: dict[str, torch.Tensor]) -> None:
-        """Fill pose/betas/has_smpl of the samples without SMPL ground truth from their fits (in place)."""
-        from compress.data.crop import augment_pose
-
-        need = (targets["has_smpl"] < 0.5).nonzero().flatten().tolist()
-        rows, poses, betas = [], [], []
-        for i in need:
-            arr = self.fits.get(batch["dataset_name"][i])
-            j = int(batch["sample_index"][i])
-            if arr is None or j >= len(arr):
-                continue
-            rows.append(i)
-            poses.append(augment_pose(arr[j, :72], float(batch["rot_angle"][i]), flip=bool(batch["is_flipped"][i])))
-            betas.append(arr[j, 72:])
-        if rows:
-            idx = torch.tensor(rows, device=targets["pose"].device)
-            targets["pose"][idx] = torch.from_numpy(np.stack(poses)).to(targets["pose"])
-            targets["betas"][idx] = torch.from_numpy(np.stack(betas)).to(targets["betas"])
-            targets["has_smpl"][idx] = 1.0
 
 
 # ----------------------------------------------------------------------------------------------- state and step
@@ -353,20 +97,10 @@ def train_step(state: TrainState, batch: dict) -> dict[str, float]:
     img = batch["img"].to(state.device, non_blocking=True)
     if state.channels_last:
         img = img.contiguous(memory_format=torch.channels_last)
-    targets = {k: batch[k].to(state.device, non_blocking=True).float() for k in TARGET_KEYS}
-    if state.fits:
-        state.fits.apply(batch, targets)
+    targets = batch_targets(batch, state.device, fits=state.fits)
     with _autocast(state):
         out = state.net(img)
-    # SMPL and the losses run in float32 outside autocast (blend shapes and skinning lose too much in half)
-    pred = state.smpl(out["rotmat"].float(), out["betas"].float())
-    gt_vertices = None
-    if state.weights.shape > 0:
-        with torch.no_grad():
-            gt_rotmat = batch_rodrigues(targets["pose"].reshape(-1, 3)).reshape(-1, 24, 3, 3)
-            gt_vertices = state.smpl(gt_rotmat, targets["betas"]).vertices  # (B, 6890, 3)
-    terms = spin_losses(out, pred.vertices, pred.joints, targets, weights=state.weights, img_res=state.img_res,
-                        gt_vertices=gt_vertices)
+    terms, pred = spin_batch_terms(out, state.smpl, targets, weights=state.weights, img_res=state.img_res)
     if state.teacher is not None:
         with torch.no_grad():
             with _autocast(state):
@@ -374,7 +108,7 @@ def train_step(state: TrainState, batch: dict) -> dict[str, float]:
             t_joints = state.smpl(t_out["rotmat"].float(), t_out["betas"].float()).joints  # (B, 49, 3)
         terms.update(distill_losses(out, t_out, joints=pred.joints, teacher_joints=t_joints, weights=state.weights))
     losses = compute_losses(terms, state.weights)
-    values = _all_reduce_mean(loss_values(losses), state.dist, state.device)
+    values = all_reduce_mean(loss_values(losses), state.dist, state.device)
     check_finite(values, where=f"epoch {state.epoch + 1}, step {state.step + 1}")
 
     state.optimizer.zero_grad(set_to_none=True)
@@ -440,18 +174,11 @@ def truncate_log(run_dir: Path, *, phase: str, step: int) -> None:
             continue
         if rec.get("phase") != phase or rec.get("step", 0) <= step:
             keep.append(line)
-    _atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from compress.checkpoint import atomic_write_text
-
-    atomic_write_text(path, text)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def save_train_state(state: TrainState, path: Path, *, phase: str, stage: str, seed: int, epochs: int) -> None:
     """The epoch checkpoint: enough to continue exactly (weights_only-loadable)."""
-    from compress.checkpoint import atomic_torch_save
 
     payload = {
         "format": STATE_FORMAT, "phase": phase, "stage": stage, "epoch": state.epoch, "step": state.step,
@@ -569,8 +296,6 @@ def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torc
 def param_groups(model: nn.Module, spec) -> list[dict]:
     """One group at spec.lr; with spec.encoder_lr, the regressor (model.regressor_names) first at spec.lr and the
     encoder second at encoder_lr."""
-    from compress.models import regressor_parameters
-
     params = [p for p in model.parameters() if p.requires_grad]
     encoder_lr = getattr(spec, "encoder_lr", None)
     if encoder_lr is None:
@@ -643,15 +368,6 @@ def make_state(model: nn.Module, smpl: nn.Module, spec, *, img_res: int, device:
                       teacher=teacher if weights.distill else None, grad_clip=spec.grad_clip)
 
 
-def train_dataset(recipe, *, img_res: int, seed: int = 0):
-    """SPIN's mixed training set over recipe.data.train_datasets (augmentation per recipe.data.augment)."""
-    from compress.data.datasets import MixedDataset
-
-    return MixedDataset(recipe.data.root, datasets=list(recipe.data.train_datasets), mix=dict(recipe.data.mix),
-                        img_res=img_res, is_train=True, augment=recipe.data.augment,
-                        image_roots=dict(recipe.data.image_roots), cache=recipe.data.cache, seed=seed)
-
-
 def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: DistInfo,
                    pin_memory: bool = False) -> Callable[[int], torch.utils.data.DataLoader]:
     """make_loader(epoch): this rank's share of a seeded shuffle of `dataset` (DistributedSampler, also for one
@@ -662,7 +378,7 @@ def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: D
     per_rank = batch_size // info.world
     if len(dataset) < batch_size:
         raise UserError(f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size}: "
-                        "lower the batch size (--set finetune.batch_size=...)")
+                        "lower the batch size (--set train.batch_size=... or finetune.batch_size=...)")
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True,
                                                   seed=seed, drop_last=True)
 
@@ -686,16 +402,14 @@ def run_train(recipe, *, out_dir: str | os.PathLike | None = None, resume: bool 
               progress: Progress | None = None) -> dict:
     """`compress train`: a baseline for recipe.model (from scratch, ImageNet weights, or model.checkpoint) with
     recipe.train; writes runs/NAME/{recipe.yaml, trained.pt, last.pt, log.jsonl, metrics/trained.json}."""
-    from compress.recipe import TrainSpec, save_recipe
-
     spec = recipe.train or TrainSpec()
-    run_dir = Path(out_dir) if out_dir else Path("runs") / recipe.name
+    run_dir = Path(out_dir) if out_dir else RUNS_DIR / recipe.name
     seed_all(spec.seed)  # the initial weights depend on the seed only
     model, parent = initial_model(recipe)
     if int(os.environ.get("RANK", "0")) == 0:
-        save_recipe(recipe, run_dir / "recipe.yaml")
+        save_recipe(recipe, run_dir / RECIPE_FILE)
     return _run(recipe, spec, model, run_dir=run_dir, phase="train", stage="trained", epochs=spec.epochs,
-                out_name="trained.pt", parent=parent, teacher=None, resume=resume, progress=progress)
+                out_name=TRAINED, parent=parent, teacher=None, resume=resume, progress=progress)
 
 
 def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overrides: Iterable[str] = (),
@@ -705,16 +419,14 @@ def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overr
     (default recipe.finetune.epochs), distilling from finetune.distill.teacher when set; writes finetuned.pt with
     meta stage "FT(N)" and the evaluation metrics into `out_dir` (default: the run itself; another directory
     keeps the run's own fine-tuning, e.g. to compare with and without distillation from the same pruned.pt)."""
-    from compress.checkpoint import load_checkpoint
-    from compress.recipe import TrainSpec, load_recipe
-
     run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise UserError(f"{run_dir} has no recipe.yaml: pass a run directory made by `compress prune RECIPE`")
-    pruned = run_dir / "pruned.pt"
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise UserError(f"{run_dir} has no {RECIPE_FILE}: pass a run directory made by `compress prune RECIPE`")
+    pruned = run_dir / PRUNED
     if not pruned.is_file():
-        raise UserError(f"{run_dir} has no pruned.pt: run `compress prune RECIPE` first")
-    recipe = load_recipe(run_dir / "recipe.yaml", overrides=list(overrides))
+        raise UserError(f"{run_dir} has no {PRUNED}: run `compress prune RECIPE` first")
+    # the run's recipe holds the data root it was made with; only an explicit override (--data/--set) changes it
+    recipe = load_recipe(run_dir / RECIPE_FILE, overrides=list(overrides), env=False)
     spec = recipe.finetune or TrainSpec()
     n = spec.epochs if epochs is None else int(epochs)
     if n < 0:
@@ -722,83 +434,28 @@ def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overr
     model, meta = load_checkpoint(pruned)
     teacher = load_teacher(spec, pruned_meta=meta, run_dir=run_dir)
     return _run(recipe, spec, model, run_dir=Path(out_dir or run_dir), phase="finetune", stage=f"FT({n})",
-                epochs=n, out_name="finetuned.pt", parent=str(pruned), teacher=teacher, resume=resume,
+                epochs=n, out_name=FINETUNED, parent=str(pruned), teacher=teacher, resume=resume,
                 progress=progress)
-
-
-def initial_model(recipe) -> tuple[nn.Module, str | None]:
-    """The model a baseline starts from: recipe.model.checkpoint's weights, else a fresh zoo model (with ImageNet
-    encoder weights when model.pretrained). Returns (model, parent reference or None)."""
-    from compress.checkpoint import load_checkpoint
-    from compress.models import create_model
-
-    m = recipe.model
-    if m.checkpoint:
-        from compress.checkpoint import read_checkpoint_file
-
-        ours = "format_version" in read_checkpoint_file(m.checkpoint)
-        # our files name their model; SPIN files and bare state_dicts take it from the recipe
-        model, meta = load_checkpoint(m.checkpoint, name=None if ours else m.name, img_res=m.img_res)
-        return model, meta.get("path", str(m.checkpoint))
-    overrides = {**m.overrides, "img_res": m.img_res, "pretrained": m.pretrained}
-    mean_file = Path(recipe.data.root) / SMPL_MEAN_PARAMS
-    if overrides.get("mean_params") is None and mean_file.is_file():
-        overrides["mean_params"] = str(mean_file)  # as SPIN: start from the data root's mean pose and shape
-    model = create_model(m.name, **overrides)
-    # the checkpoint must rebuild without the ImageNet weights or the mean-params file (both are in the state_dict)
-    model.config["overrides"].pop("pretrained", None)
-    model.config["overrides"].pop("mean_params", None)
-    return model, None
-
-
-def _resolve_ref(ref: str, *, near: Path) -> Path | None:
-    """A recorded checkpoint path -> an existing file: as written, or relative to a run directory (and its parent);
-    a run directory gives its finetuned.pt, trained.pt or pruned.pt."""
-    p = Path(ref)
-    for c in ([p] if p.is_absolute() else [p, near / p, near.parent / p]):
-        if c.is_dir():
-            c = next((c / n for n in ("finetuned.pt", "trained.pt", "pruned.pt") if (c / n).is_file()), c)
-        if c.is_file():
-            return c
-    return None
-
-
-def _chain_root(path: Path) -> Path:
-    """Follow `parent` links from a checkpoint to the first one (the unpruned baseline of a pruning chain)."""
-    from compress.checkpoint import read_checkpoint_file
-
-    seen = {path.resolve()}
-    while True:
-        raw = read_checkpoint_file(path)
-        ref = raw.get("parent")
-        ref = ref.get("path") if isinstance(ref, dict) else ref
-        nxt = _resolve_ref(str(ref), near=path.parent) if ref else None
-        if nxt is None or nxt.resolve() in seen:
-            return path
-        seen.add(nxt.resolve())
-        path = nxt
 
 
 def load_teacher(spec, *, pruned_meta: dict, run_dir: Path) -> nn.Module | None:
     """The distillation teacher (eval mode, frozen): finetune.distill.teacher, or when it is empty the root of the
     pruned checkpoint's parent chain (the unpruned baseline). None when distillation is off."""
-    from compress.checkpoint import load_checkpoint
-
     kd = spec.distill
     if kd is None:
         return None
     if kd.teacher:
-        path = _resolve_ref(kd.teacher, near=run_dir)
+        path = resolve_ref(kd.teacher, near=run_dir)
         if path is None:
             raise UserError(f"distillation teacher not found: {kd.teacher} (set finetune.distill.teacher to a "
                             "checkpoint or run directory, or finetune.distill=null to train without a teacher)")
     else:
         ref = pruned_meta.get("parent")
-        first = _resolve_ref(str(ref), near=run_dir) if ref else None
+        first = resolve_ref(str(ref), near=run_dir) if ref else None
         if first is None:
-            raise UserError(f"finetune.distill.teacher is empty and {run_dir / 'pruned.pt'} records no existing "
-                            "parent: set --set finetune.distill.teacher=PATH (e.g. runs/mbv2_baseline/trained.pt)")
-        path = _chain_root(first)
+            raise UserError(f"finetune.distill.teacher is empty and {run_dir / PRUNED} records no existing "
+                            f"parent: set --set finetune.distill.teacher=PATH (e.g. runs/mbv2_baseline/{TRAINED})")
+        path = chain_root(first)
     teacher, _ = load_checkpoint(path)
     log.info("distilling from %s", path)
     for p in teacher.parameters():
@@ -815,7 +472,7 @@ def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: st
         run_dir = Path(run_dir)
         if info.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        _barrier(info)
+        barrier(info)
         img_res = recipe.model.img_res
         smpl = training_smpl(recipe.data.root, spec)
         state = make_state(model, smpl, spec, img_res=img_res, device=device, info=info, teacher=teacher)
@@ -832,7 +489,7 @@ def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: st
             if resume:
                 log.info("no %s to resume from: starting %s from the beginning", last, stage)
             truncate_log(run_dir, phase=phase, step=0)  # a fresh start replaces this phase's earlier curve
-        dataset = train_dataset(recipe, img_res=img_res, seed=spec.seed)
+        dataset = training_set(recipe.data, img_res=img_res, augment=recipe.data.augment, seed=spec.seed)
         make_loader = loader_factory(dataset, batch_size=spec.batch_size, workers=recipe.data.workers,
                                      seed=spec.seed, info=info, pin_memory=device.type == "cuda")
         opts = FitOptions(epochs=epochs, steps_per_epoch=spec.steps_per_epoch, seed=spec.seed,
@@ -845,7 +502,7 @@ def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: st
             result.update(_finish(state.model, recipe, run_dir=run_dir, out_name=out_name, stage=stage,
                                   parent=parent, epochs=epochs, summary=summary, device=device,
                                   distill=state.teacher is not None))
-        _barrier(info)
+        barrier(info)
         return result
     finally:
         if info.owned and dist.is_initialized():
@@ -855,18 +512,12 @@ def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: st
 def _finish(model: nn.Module, recipe, *, run_dir: Path, out_name: str, stage: str, parent: str | None, epochs: int,
             summary: dict, device: torch.device, distill: bool) -> dict:
     """Evaluate on recipe.eval, write metrics/<stem>.json and the stage checkpoint (rank 0 only)."""
-    from compress.checkpoint import atomic_write_text, save_checkpoint
-    from compress.eval.protocols import evaluate
-
     model.eval()
     e = recipe.eval
     metrics = evaluate(model, recipe.data.root, datasets=list(e.datasets), img_res=recipe.model.img_res,
                        batch_size=e.batch_size, subset=e.subset, device=device, workers=e.workers,
                        image_roots=dict(recipe.data.image_roots))
-    stem = Path(out_name).stem
-    (run_dir / "metrics").mkdir(exist_ok=True)
-    atomic_write_text(run_dir / "metrics" / f"{stem}.json",
-                      json.dumps({"stage": stage, "metrics": metrics}, indent=2))
+    atomic_write_json(metrics_file(run_dir, out_name), {"stage": stage, "metrics": metrics})
     out = save_checkpoint(model, run_dir / out_name, parent=parent, recipe=recipe, metrics=metrics, stage=stage,
                           epochs=epochs, distill=distill, train=summary)
     log.info("%s: wrote %s", stage, out)

@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from compress.io import atomic_torch_save, atomic_write_text
+from compress.runs import resolve_checkpoint
 from compress.checkpoint import (
-    FORMAT_VERSION, LAYER_SIZES, REBUILDERS, apply_widths, atomic_torch_save, atomic_write_text, load_checkpoint,
-    model_widths, resolve_checkpoint, save_checkpoint,
+    FORMAT_VERSION, LAYER_SIZES, REBUILDERS, apply_widths, load_checkpoint, model_widths, save_checkpoint,
 )
 from compress.errors import UserError
 from compress.models import create_model

@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent('''
     import torch
     from torch import nn
     from compress.models import create_model
-    from compress.train import FitOptions, fit, init_distributed, loader_factory, make_state, set_sync_batchnorm
+    from compress.distributed import init_distributed, set_sync_batchnorm
+    from compress.train import FitOptions, fit, loader_factory, make_state
 
     torch.set_num_threads(1)
     RES = 32

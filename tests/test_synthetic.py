@@ -131,7 +131,7 @@ def test_mean_params_of_the_root_are_the_training_mean(root):
     its data's mean), and a model trained on the root starts there."""
     from compress.geometry import batch_rodrigues, rot6d_to_rotmat
     from compress.recipe import load_recipe
-    from compress.train import initial_model
+    from compress.start import initial_model
 
     fits = np.concatenate([np.load(f) for f in sorted((root / "static_fits").glob("*_fits.npy"))])
     rot = batch_rodrigues(torch.tensor(fits[:, 3:72], dtype=torch.float64).reshape(-1, 3)).reshape(-1, 23, 3, 3)

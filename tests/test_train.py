@@ -11,8 +11,9 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.models import create_model
-from compress.train import (LAST, FitOptions, DistInfo, LRFactor, fit, load_train_state, make_state, rng_state,
-                            set_rng_state, set_sync_batchnorm, train_one_epoch)
+from compress.distributed import DistInfo, rng_state, set_rng_state, set_sync_batchnorm
+from compress.runs import LAST
+from compress.train import FitOptions, LRFactor, fit, load_train_state, make_state, train_one_epoch
 
 RES = 32
 
@@ -386,7 +387,7 @@ def test_run_finetune_errors_are_user_errors(root, tmp_path):
 
 def test_static_fits_fill_samples_without_smpl(tmp_path):
     from compress.data.crop import augment_pose
-    from compress.train import StaticFits
+    from compress.data.fits import StaticFits
 
     (tmp_path / "static_fits").mkdir()
     fits = np.random.default_rng(0).normal(0, 0.5, (5, 82)).astype(np.float32)
@@ -406,7 +407,7 @@ def test_static_fits_fill_samples_without_smpl(tmp_path):
 def test_joints_only_smpl_matches_the_full_model(root):
     from compress.geometry import batch_rodrigues
     from compress.smpl import SMPL
-    from compress.train import SMPLJoints
+    from compress.smpl import SMPLJoints
 
     smpl = SMPL(root)
     fast = SMPLJoints(smpl)

@@ -282,3 +282,11 @@ class MixedDataset(torch.utils.data.Dataset):
         rng = item_rng(self.seed, index)
         k, sample = self.choose(index, rng)
         return self.datasets[k].get_item(sample, rng=rng)
+
+
+def training_set(data, *, img_res: int, augment: bool, seed: int = 0) -> MixedDataset:
+    """SPIN's mixed training set of a recipe's `data` section (compress.recipe.DataSpec): what training and
+    pruning's calibration read."""
+    return MixedDataset(data.root, datasets=list(data.train_datasets), mix=dict(data.mix), img_res=img_res,
+                        is_train=True, augment=augment, image_roots=dict(data.image_roots), cache=data.cache,
+                        seed=seed)

@@ -347,7 +347,7 @@ def evaluate_into_run(checkpoint: str | Path, recipe, *, progress: Optional[Prog
     `metrics/<checkpoint stem>.json` (where `compress report` looks for them)."""
     import json
 
-    from compress.checkpoint import atomic_write_text
+    from compress.io import atomic_write_text
 
     checkpoint = Path(checkpoint)
     results = evaluate_checkpoint(

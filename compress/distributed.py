@@ -1,0 +1,172 @@
+"""torch.distributed for training: the process group, this process's rank and device, seeding and RNG state, and
+BatchNorm synchronised over processes.
+
+torchrun's environment describes the job (gloo on CPU, NCCL on CUDA); alone, every function is a no-op. torch's
+SyncBatchNorm is CUDA-only, so a small BatchNorm subclass that all-reduces its moments (differentiably) is swapped
+in for a run on every backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torch.distributed job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # this module initialised the process group and tears it down
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group described by torchrun's environment (gloo on CPU, NCCL on CUDA); no-op when alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world <= 1:
+        return DistInfo()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=False)
+    # rank 0 evaluates alone at the end while the others wait in a barrier: allow a long evaluation
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=3))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
+
+
+def select_device(info: DistInfo) -> torch.device:
+    return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Average logged scalars over ranks, so that every rank logs and checks the same numbers (and a non-finite
+    loss stops every rank at the same step instead of leaving the others waiting in an all-reduce)."""
+    if info.world == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / info.world).tolist()))
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is again the sum over processes (each rank's loss depends on every
+    rank's input through the shared batch statistics)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _SyncBatchNormMixin:
+    """BatchNorm whose training statistics are those of the global batch over all processes (two-pass mean and
+    variance through differentiable all-reduces). Outside training or without a process group it is plain BN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.tensor([xf.numel() / xf.shape[1]], dtype=xf.dtype, device=xf.device)
+        n = all_reduce(count)
+        mean = all_reduce(xf.sum(dims)) / n  # (C,)
+        var = all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n  # biased, as used for normalising
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+class _SyncBatchNorm1d(_SyncBatchNormMixin, nn.BatchNorm1d):
+    pass
+
+
+class _SyncBatchNorm2d(_SyncBatchNormMixin, nn.BatchNorm2d):
+    pass
+
+
+_SYNC_BN = {nn.BatchNorm1d: _SyncBatchNorm1d, nn.BatchNorm2d: _SyncBatchNorm2d}
+
+
+def set_sync_batchnorm(model: nn.Module, enabled: bool) -> int:
+    """Switch BatchNorm1d/2d layers to (or back from) the synchronised variant in place, keeping the parameter and
+    buffer objects and state_dict keys. Returns the number of layers switched."""
+    back = {v: k for k, v in _SYNC_BN.items()}
+    n = 0
+    for m in model.modules():
+        cls = (_SYNC_BN if enabled else back).get(type(m))
+        if cls is not None:
+            m.__class__ = cls
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed that depends on (seed, epoch, rank) only."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """torch / CUDA / numpy / python RNG states as weights_only-loadable data (tensors, ints, floats, lists)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pystate, pygauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": {"version": version, "state": list(pystate), "gauss": pygauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
