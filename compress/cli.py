@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from compress.errors import UserError
+from compress.recipe import DEFAULT_DATA_ROOT, data_root
 
 log = logging.getLogger("compress")
 
-DEFAULT_DATA_ROOT = "data/synthetic"
 EVAL_KEYS = "3dpw,mpi-inf-3dhp,h36m-p1,h36m-p2,lsp"
 
 
@@ -38,11 +38,6 @@ def _console(stderr: bool = False):
 def _print_json(obj) -> None:
     if _rank() == 0:
         print(json.dumps(obj, indent=2, sort_keys=False))
-
-
-def data_root(arg: str | None, recipe_root: str | None = None) -> str:
-    """--data beats COMPRESS_DATA_ROOT beats the recipe's data.root beats the default."""
-    return arg or os.environ.get("COMPRESS_DATA_ROOT") or recipe_root or DEFAULT_DATA_ROOT
 
 
 def _parse_set(pairs: list[str]) -> dict:
@@ -185,14 +180,10 @@ def _print_rows(rows: list[list[str]], *, title: str) -> None:
 
 
 def load_recipe_args(args):
-    """Load a recipe with `--set` overrides; `--data` / $COMPRESS_DATA_ROOT replace data.root."""
+    """Load a recipe with `--set` overrides; data.root by compress.recipe.data_root (--data first)."""
     from compress.recipe import load_recipe
 
-    overrides = list(args.set)
-    root = args.data or os.environ.get("COMPRESS_DATA_ROOT")
-    if root:
-        overrides.append(f"data.root={root}")
-    return load_recipe(args.recipe, overrides=overrides)
+    return load_recipe(args.recipe, overrides=list(args.set), root=args.data)
 
 
 def _train_progress(bar, label: str):
@@ -245,10 +236,8 @@ def cmd_finetune(args) -> int:
     from compress.train import run_finetune
 
     run = resolve_run(args.run)
-    overrides = list(args.set)
-    root = args.data or os.environ.get("COMPRESS_DATA_ROOT")
-    if root:
-        overrides.append(f"data.root={root}")
+    # the run's recipe keeps the data root it was made with; only --data (or --set data.root=) changes it
+    overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
     with _progress() as bar:
         result = run_finetune(run, epochs=args.epochs, overrides=overrides, resume=args.resume, out_dir=args.out,
                               progress=_train_progress(bar, f"finetune {run.name}"))

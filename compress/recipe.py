@@ -30,6 +30,7 @@ from compress.constants import EVAL_DATASETS, IMAGE_FOLDERS, TRAIN_DATASETS, UPI
 from compress.errors import UserError
 
 DATA_ROOT_ENV = "COMPRESS_DATA_ROOT"
+DEFAULT_DATA_ROOT = "data/synthetic"
 
 
 def opt(default: Any, help: str, **bounds: float) -> Any:  # noqa: A002 - `help` reads best in field declarations
@@ -60,7 +61,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    root: str = opt("data/synthetic", f"SPIN-layout data root; ${DATA_ROOT_ENV} or --data override it")
+    root: str = opt(DEFAULT_DATA_ROOT, f"SPIN-layout data root; ${DATA_ROOT_ENV} or --data override it")
     image_roots: Dict[str, str] = opt({}, "dataset key (or upi-s1h) -> image folder, for datasets stored elsewhere")
     train_datasets: List[str] = opt(
         ["h36m", "lsp-orig", "mpii", "lspet", "coco", "mpi-inf-3dhp"], "training datasets (SPIN's mixed set)")
@@ -416,11 +417,20 @@ def override_recipe(recipe: Recipe, overrides: typing.Iterable[str]) -> Recipe:
 # ----------------------------------------------------------------------------------------------- files
 
 
-def load_recipe(path: str | os.PathLike, overrides: typing.Iterable[str] = (), *, env: bool = True) -> Recipe:
-    """Read a YAML recipe, apply overrides and validate it.
+def data_root(given: str | None = None, recipe_root: str | None = None, *, env: bool = True) -> str:
+    """The one data-root rule: an explicit root (--data, --set data.root) beats $COMPRESS_DATA_ROOT (when `env`)
+    beats the recipe's data.root beats the default. A run's stored recipe is re-read with env=False: the root it
+    was made with stays unless the user names another explicitly."""
+    from_env = os.environ.get(DATA_ROOT_ENV) if env else None
+    return given or from_env or recipe_root or DEFAULT_DATA_ROOT
 
-    Precedence for data.root: `overrides` (the CLI's --data / --set) > $COMPRESS_DATA_ROOT (when `env`) > the file.
-    `name` defaults to the file stem.
+
+def load_recipe(path: str | os.PathLike, overrides: typing.Iterable[str] = (), *, root: str | None = None,
+                env: bool = True) -> Recipe:
+    """Read a YAML recipe, apply `--set`-style overrides and validate it. `name` defaults to the file stem.
+
+    data.root follows `data_root`: `root` (the CLI's --data) > a `data.root=` override > $COMPRESS_DATA_ROOT (when
+    `env`) > the file.
     """
     import yaml
 
@@ -433,8 +443,10 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Iterable[str] = (), *
         raise UserError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
-    if env and os.environ.get(DATA_ROOT_ENV):
-        data = apply_overrides(data, [f"data.root={os.environ[DATA_ROOT_ENV]}"])
+    overrides = list(overrides)
+    explicit = root or next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("data.root=")), None)
+    file_root = (data.get("data") or {}).get("root") if isinstance(data.get("data"), dict) else None
+    overrides.append(f"data.root={data_root(explicit, file_root, env=env)}")
     data = apply_overrides(data, overrides)
     data.setdefault("name", path.stem)
     if not data["name"]:

@@ -12,7 +12,8 @@ from PIL import Image
 from compress.constants import IMG_NORM_MEAN, IMG_NORM_STD, J24_FLIP_PERM, J49_FLIP_PERM
 from compress.data import crop as C
 from compress.data.cache import build_cache, cache_is_valid, source_fingerprint
-from compress.data.datasets import BaseDataset, MixedDataset, load_annotations, mix_weights, npz_path
+from compress.data.annotations import load_annotations, npz_path
+from compress.data.datasets import BaseDataset, MixedDataset, mix_weights
 from compress.errors import UserError
 
 RES = 32

@@ -23,10 +23,12 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
+import h5py
 import numpy as np
 
 from compress.constants import EVAL_DATASETS, TRAIN_DATASETS
 from compress.data import crop as C
+from compress.data.annotations import annotations_from_npz, image_folder, npz_path, open_image, read_npz
 from compress.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ def pad_pixels(img_res: int, margin: float) -> int:
 
 def source_fingerprint(npz: Path, folder: Path, img_res: int) -> str:
     """Hash of the npz (size, mtime, every field's dtype/shape/bytes), the image folder, img_res and the version."""
-    from compress.data.datasets import read_npz
 
     st = npz.stat()
     h = hashlib.sha256(f"v{CACHE_VERSION}|{st.st_size}|{st.st_mtime_ns}|{img_res}|{folder.resolve()}".encode())
@@ -62,7 +63,6 @@ def source_fingerprint(npz: Path, folder: Path, img_res: int) -> str:
 
 def cache_is_valid(path: Path, fingerprint: str, *, min_pad: int = 0) -> bool:
     """True when `path` opens, is complete, matches `fingerprint` and has at least `min_pad` margin pixels."""
-    import h5py
 
     if not path.is_file():
         return False
@@ -82,9 +82,7 @@ def cache_is_valid(path: Path, fingerprint: str, *, min_pad: int = 0) -> bool:
 def build_dataset_cache(root: str | os.PathLike, key: str, *, is_train: bool, path: Path, img_res: int, pad: int,
                         image_roots: Optional[dict] = None, fingerprint: Optional[str] = None) -> Path:
     """Write the cache file of one dataset split (temp file, `complete` flag last, rename)."""
-    import h5py
 
-    from compress.data.datasets import image_folder, npz_path, open_image, read_npz, annotations_from_npz
 
     npz, folder = npz_path(root, key, is_train=is_train), image_folder(root, key, image_roots)
     fingerprint = fingerprint or source_fingerprint(npz, folder, img_res)
@@ -117,7 +115,6 @@ def build_dataset_cache(root: str | os.PathLike, key: str, *, is_train: bool, pa
 
 
 def _write_annotations(group, raw: dict[str, np.ndarray]) -> None:
-    import h5py
 
     for name, arr in raw.items():
         if arr.dtype.kind in "US":
@@ -130,7 +127,6 @@ def ensure_cache(root: str | os.PathLike, key: str, *, is_train: bool, img_res: 
                  out: Optional[str | os.PathLike] = None, image_roots: Optional[dict] = None,
                  force: bool = False) -> tuple[Path, int]:
     """The valid cache file of a dataset split (built if missing, stale, truncated or `force`) and its pad."""
-    from compress.data.datasets import image_folder, npz_path
 
     npz = npz_path(root, key, is_train=is_train)
     path = cache_file(out or default_cache_dir(root), npz, img_res)
@@ -150,7 +146,6 @@ def build_cache(root: str | os.PathLike, dataset_keys: Iterable[str], *, out: Op
     `margin` defaults to DEFAULT_MARGIN for training splits and 0 for eval splits (never augmented).
     Keys whose npz files are missing are skipped with a warning.
     """
-    from compress.data.datasets import npz_path
 
     built = 0
     for key in dataset_keys:
@@ -190,7 +185,6 @@ class DatasetCache:
         self._file, self._pid = None, None
 
     def _h5(self):
-        import h5py
 
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
