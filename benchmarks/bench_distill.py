@@ -15,8 +15,9 @@ import logging
 from pathlib import Path
 
 from compress.errors import UserError
-from compress.recovery import TITLES, Recovery
-from compress.report import checkpoint_metrics, read_meta
+from compress.report import checkpoint_metrics
+from compress.report.recovery import TITLES, Recovery
+from compress.runs import read_meta
 from compress.train import run_finetune
 
 METRIC = "mpjpe_mm"

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from compress.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +273,45 @@ def _one_step(model: nn.Module, x: torch.Tensor, opt) -> None:
 # ----------------------------------------------------------------------------------------------- cached profile
 
 
-def _cache_key(path: Path, img_res: int, device: str, batch_sizes: tuple[int, ...]) -> dict:
+PROFILE_CACHE = ".profile.json"  # <ckpt>.profile.json: {"key": ..., "profile": {...}}
+ONNX_LATENCY_CACHE = ".onnx-latency.json"  # <ckpt>.onnx-latency.json: {"key": ..., "stats": {...}}
+_CACHE_FIELD = {PROFILE_CACHE: "profile", ONNX_LATENCY_CACHE: "stats"}
+
+
+def file_key(path: Path) -> dict:
+    """The identity of a checkpoint file in a cache key: a rewritten file is measured again."""
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "img_res": img_res, "device": device,
-            "batch_sizes": list(batch_sizes), "threads": torch.get_num_threads()}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_cache(path: str | Path, cache: str, **settings) -> Any | None:
+    """The figures cached beside a checkpoint (`cache`: PROFILE_CACHE or ONNX_LATENCY_CACHE), or None.
+
+    The one key scheme: the file's identity (file_key) plus the measurement settings stored with it. A hit needs
+    the same file and the same value for every setting given here; settings not given are not compared.
+    """
+    path = Path(path)
+    file = path.with_name(path.name + cache)
+    if not file.is_file():
+        return None
+    try:
+        stored = json.loads(file.read_text())
+    except ValueError:
+        log.warning("ignoring unreadable cache %s", file)
+        return None
+    key = stored.get("key") if isinstance(stored, dict) else None
+    want = file_key(path) | settings
+    if not isinstance(key, dict) or any(key.get(k) != v for k, v in want.items()):
+        return None
+    return stored.get(_CACHE_FIELD[cache])
+
+
+def write_cache(path: str | Path, cache: str, figures: Any, **settings) -> None:
+    """Store `figures` beside the checkpoint under its file_key and `settings` (atomically: a concurrent report
+    never reads half a file)."""
+    path = Path(path)
+    atomic_write_json(path.with_name(path.name + cache),
+                      {"key": file_key(path) | settings, _CACHE_FIELD[cache]: figures}, indent=1)
 
 
 def profile_checkpoint(
@@ -284,21 +323,16 @@ def profile_checkpoint(
     The cache is reused while the checkpoint file, resolution, device, batch sizes and thread count are
     unchanged; `retime=True` measures again.
     """
-    import json
-
-    from compress.io import atomic_write_text
-
     path = Path(path)
     model, _ = load_any(str(path))
     img_res = int(img_res or getattr(model, "img_res", 224))
-    key = _cache_key(path, img_res, device, tuple(batch_sizes))
-    cache = path.with_name(path.name + ".profile.json")
-    if cache.exists() and not retime:
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            return cached["profile"]
+    settings = {"img_res": img_res, "device": device, "batch_sizes": list(batch_sizes),
+                "threads": torch.get_num_threads()}
+    cached = None if retime else read_cache(path, PROFILE_CACHE, **settings)
+    if cached is not None:
+        return cached
     profile = _profile_model(model, path, img_res=img_res, device=device, batch_sizes=batch_sizes, repeats=repeats)
-    atomic_write_text(cache, json.dumps({"key": key, "profile": profile}, indent=1))
+    write_cache(path, PROFILE_CACHE, profile, **settings)
     return profile
 
 

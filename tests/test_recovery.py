@@ -2,8 +2,8 @@
 import pytest
 from rich.console import Console
 
-from compress.recovery import recovery_rows, recovery_table, render_recovery_markdown
 from compress.report import print_recovery
+from compress.report.recovery import recovery_rows, recovery_table, render_recovery_markdown
 
 
 def _row(stage, ckpt, parent, mpjpe, pa, run="p1"):

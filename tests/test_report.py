@@ -12,6 +12,7 @@ import torch
 
 from compress import report
 from compress.report import collect_rows, compute_delta, pareto_front, render_csv, render_markdown, run_report
+from compress.report.costs import noise_notes
 
 # Hand-picked numbers so every delta is known: baseline 100 mm -> P1+FT 90 mm is -10 mm, -10 %.
 BASE_METRICS = {
@@ -349,8 +350,8 @@ def test_a_trained_baseline_starts_the_chain_even_with_a_parent(tmp_path, monkey
 
 def test_noisy_timing_is_flagged():
     notes = {}
-    report._noise_notes({"b1": {"median_ms": 10.0, "p10_ms": 9.0, "p90_ms": 13.0},
-                         "b32": {"median_ms": 100.0, "p10_ms": 95.0, "p90_ms": 110.0}}, notes)
+    noise_notes({"b1": {"median_ms": 10.0, "p10_ms": 9.0, "p90_ms": 13.0},
+                 "b32": {"median_ms": 100.0, "p10_ms": 95.0, "p90_ms": 110.0}}, notes)
     assert set(notes) == {"latency_ms"} and notes["latency_ms"].startswith("noisy timing")
 
 
