@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from compress.report import run_report
+
 log = logging.getLogger(__name__)
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -75,7 +77,6 @@ def run_demo(
     """Run (or resume) the demo pipeline; returns the report rows and where the outputs are."""
     from compress.data.synthetic import generate_root
     from compress.recipe import load_recipe
-    from compress.report import run_report
     from compress.train import run_finetune, run_train
 
     size = QUICK if quick else DEFAULT
