@@ -17,6 +17,14 @@ from pathlib import Path
 
 import torch
 
+from compress.data.datasets import BaseDataset
+from compress.data.synthetic import generate_root
+from compress.eval.protocols import evaluate
+from compress.eval.render import render_parts
+from compress.geometry import batch_rodrigues
+from compress.models import create_model
+from compress.smpl import SMPL
+
 
 def _timed(fn, *, repeat: int = 3) -> float:
     """Best wall time of `repeat` runs (after one warm-up), in seconds."""
@@ -44,8 +52,6 @@ def bench_model(model, *, img_res: int, batch_size: int, n_batches: int) -> floa
 def bench_loading(root: Path, key: str, *, img_res: int, batch_size: int, subset: int, cache: bool) -> float:
     """Iterate a dataset's DataLoader without a model -> images/s. With `cache`, crops come from the HDF5 cache
     (built under <root>/cache on first use, outside the timed runs)."""
-    from compress.data.datasets import BaseDataset
-
     ds = BaseDataset(root, key, img_res=img_res, is_train=False, augment=False, subset=subset, cache=cache)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
 
@@ -58,10 +64,6 @@ def bench_loading(root: Path, key: str, *, img_res: int, batch_size: int, subset
 
 def bench_raster(root: Path, *, sizes=(64, 128, 256), batch_size: int = 16) -> dict[int, float]:
     """Rasterise the neutral body mesh (random global rotations, SPIN's camera) -> ms per image at each size."""
-    from compress.eval.render import render_parts
-    from compress.geometry import batch_rodrigues
-    from compress.smpl import SMPL
-
     smpl = SMPL(root, gender="neutral")
     g = torch.Generator().manual_seed(0)
     rot = torch.eye(3).repeat(batch_size, 24, 1, 1)
@@ -91,14 +93,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from compress.eval.protocols import evaluate
-    from compress.models import create_model
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data) if args.data else None
         if root is None:
-            from compress.data.synthetic import generate_root
-
             root = generate_root(Path(tmp) / "synthetic", size="small")
         model = create_model(args.model, img_res=args.img_res).eval()
         keys = args.datasets.split(",")
