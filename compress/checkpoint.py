@@ -32,7 +32,9 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.io import atomic_torch_save
+from compress.models import create_model
 from compress.models.encoders import ChannelShuffle
+from compress.recipe import recipe_to_dict
 from compress.runs import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -185,8 +187,6 @@ def _plain(obj: Any) -> Any:
     """Meta data as weights_only-safe plain values (dataclasses -> dict, Path -> str, tuples -> lists,
     numpy arrays -> tensors, numpy scalars -> Python numbers); any other object is refused."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        from compress.recipe import recipe_to_dict
-
         return recipe_to_dict(obj)
     if isinstance(obj, dict):
         return {str(k) if isinstance(k, Path) else k: _plain(v) for k, v in obj.items()}
@@ -271,8 +271,6 @@ def load_checkpoint(path: str | os.PathLike, *, name: str | None = None, map_loc
 
 
 def _create(name: str, overrides: dict, path: Path) -> nn.Module:
-    from compress.models import create_model
-
     try:
         return create_model(name, **overrides)
     except UserError as exc:

@@ -57,9 +57,9 @@ def finite_json(obj: Any) -> Any:
     return obj
 
 
-def json_text(obj: Any, *, indent: int | None = 2) -> str:
+def json_text(obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> str:
     """Strict JSON text of `obj` (NaN/inf -> null)."""
-    return json.dumps(finite_json(obj), indent=indent, allow_nan=False)
+    return json.dumps(finite_json(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
 def _umask() -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
 from compress.errors import UserError
 from compress.io import atomic_symlink
+from compress.recipe import Recipe, load_recipe
 
 RUNS_DIR = Path("runs")
 LATEST = "latest"
@@ -28,6 +30,15 @@ LOG_FILE = "log.jsonl"
 RECIPE_FILE = "recipe.yaml"
 METRICS_DIR = "metrics"
 PRUNE_SUMMARY = "prune_summary.json"
+
+
+def load_run_recipe(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Recipe:
+    """A run's stored recipe with `--set`-style overrides. The environment is not consulted: the run keeps the data
+    root it was made with unless an override (--data, --set data.root=) names another."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {RECIPE_FILE}: pass a run directory made by `compress prune RECIPE`")
+    return load_recipe(path, overrides=list(overrides), env=False)
 
 
 def metrics_file(run_dir: str | os.PathLike, stage_file: str) -> Path:

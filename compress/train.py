@@ -46,9 +46,9 @@ from compress.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from compress.models import regressor_parameters
 from compress.losses import (LossWeights, batch_targets, check_finite, compute_losses, distill_losses, loss_values,
                              loss_weights, spin_batch_terms)
-from compress.recipe import TrainSpec, load_recipe, save_recipe
+from compress.recipe import TrainSpec, save_recipe
 from compress.runs import (FINETUNED, LAST, LOG_FILE, PRUNED, RECIPE_FILE, RUNS_DIR, TRAINED, chain_root,
-                           metrics_file, resolve_ref)
+                           load_run_recipe, metrics_file, resolve_ref)
 from compress.smpl import training_smpl
 from compress.start import initial_model
 
@@ -420,13 +420,10 @@ def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overr
     meta stage "FT(N)" and the evaluation metrics into `out_dir` (default: the run itself; another directory
     keeps the run's own fine-tuning, e.g. to compare with and without distillation from the same pruned.pt)."""
     run_dir = Path(run_dir)
-    if not (run_dir / RECIPE_FILE).is_file():
-        raise UserError(f"{run_dir} has no {RECIPE_FILE}: pass a run directory made by `compress prune RECIPE`")
+    recipe = load_run_recipe(run_dir, overrides)
     pruned = run_dir / PRUNED
     if not pruned.is_file():
         raise UserError(f"{run_dir} has no {PRUNED}: run `compress prune RECIPE` first")
-    # the run's recipe holds the data root it was made with; only an explicit override (--data/--set) changes it
-    recipe = load_recipe(run_dir / RECIPE_FILE, overrides=list(overrides), env=False)
     spec = recipe.finetune or TrainSpec()
     n = spec.epochs if epochs is None else int(epochs)
     if n < 0:

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,7 @@ def _run(args: list[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path):
     script = tmp_path / "ddp_worker.py"
     script.write_text(SCRIPT)
@@ -96,23 +98,25 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     for key, a in r0["state_dict"].items():
         b = single["state_dict"][key]
         if a.is_floating_point():
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), f"{key}: max diff {(a - b).abs().max():.3g}"
+            # the summation order of the all-reduce differs from one process's: float rounding only (README: the
+            # largest difference measured is 1.4e-6)
+            assert torch.allclose(a, b, rtol=0, atol=5e-6), f"{key}: max diff {(a - b).abs().max():.3g}"
             moved += 1
         else:
             assert torch.equal(a, b), key
     assert moved > 10
-    assert abs(r0["loss"] - single["loss"]) < 1e-4 * max(1.0, abs(single["loss"]))
+    assert abs(r0["loss"] - single["loss"]) < 1e-5 * max(1.0, abs(single["loss"]))
 
 
-def test_torchrun_compress_finetune_end_to_end(tmp_path):
+@pytest.mark.slow
+def test_torchrun_compress_finetune_end_to_end(tmp_path, synth_root):
     """The real entry point: `torchrun --nproc_per_node=2 -m compress -- finetune --run DIR` (the `--` keeps
     torchrun's own option parser from reading `--run` as an abbreviation of its `--run-path`)."""
     from compress.checkpoint import save_checkpoint
-    from compress.data.synthetic import generate_root
     from compress.models import create_model
     from compress.recipe import DataSpec, EvalSpec, ModelSpec, Recipe, TrainSpec, save_recipe
 
-    root = generate_root(tmp_path / "root", size="small")
+    root = synth_root
     run = tmp_path / "run"
     torch.manual_seed(0)
     save_checkpoint(create_model("hmr_tiny", img_res=32), run / "pruned.pt", stage="P1")

@@ -150,14 +150,6 @@ class GroundTruthModel(torch.nn.Module):
         return {"rotmat": rotmat, "betas": self.betas[i:i + b], "cam": self.cam[i:i + b]}
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    from compress.data.synthetic import generate_root
-
-    torch.set_num_threads(1)
-    return generate_root(tmp_path_factory.mktemp("synth") / "root", size="small")
-
-
 def _evaluate_ground_truth(root, keys, **kw):
     from compress.eval.protocols import evaluate
 

@@ -2,6 +2,7 @@
 on the evaluation suite (issue 3's check; the evaluation sets are other samples than the training sets)."""
 from pathlib import Path
 
+import pytest
 import torch
 
 from compress.checkpoint import load_checkpoint
@@ -14,10 +15,9 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "mbv2_baseline.yam
 SETS = ["3dpw", "h36m-p1", "mpi-inf-3dhp"]
 
 
-def test_a_few_hundred_steps_beat_the_untrained_model(tmp_path):
-    from compress.data.synthetic import generate_root
-
-    root = generate_root(tmp_path / "data", size="small", seed=0)
+@pytest.mark.slow
+def test_a_few_hundred_steps_beat_the_untrained_model(tmp_path, synth_root):
+    root = synth_root
     torch.manual_seed(0)
     # the same start as training: the regressor begins at the root's mean pose and shape (as SPIN)
     start = create_model("hmr_tiny", img_res=64, mean_params=str(root / "smpl_mean_params.npz"))

@@ -126,6 +126,29 @@ def test_data_root_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_DATA_ROOT", "from/env")
     assert load_recipe(path).data.root == "from/env"
     assert load_recipe(path, overrides=["data.root=from/cli"]).data.root == "from/cli"
+    assert load_recipe(path, overrides=["data.root=from/set"], root="from/data").data.root == "from/data"
+    assert load_recipe(path, env=False).data.root == "from/file"
+
+
+def test_run_recipe_keeps_its_data_root(tmp_path, monkeypatch):
+    """A run's stored recipe is re-read without the environment: a later step keeps the root the run was made with."""
+    from compress.runs import load_run_recipe
+
+    save_recipe(recipe_from_dict({"name": "r", "data": {"root": "made/with"}}), tmp_path / "run" / "recipe.yaml")
+    monkeypatch.setenv("COMPRESS_DATA_ROOT", "from/env")
+    assert load_run_recipe(tmp_path / "run").data.root == "made/with"
+    assert load_run_recipe(tmp_path / "run", ["data.root=other"]).data.root == "other"
+    with pytest.raises(UserError, match="has no recipe.yaml"):
+        load_run_recipe(tmp_path)
+
+
+def test_data_root_rule(monkeypatch):
+    from compress.recipe import DEFAULT_DATA_ROOT, data_root
+
+    monkeypatch.delenv("COMPRESS_DATA_ROOT", raising=False)
+    assert data_root() == DEFAULT_DATA_ROOT and data_root(None, "r") == "r"
+    monkeypatch.setenv("COMPRESS_DATA_ROOT", "e")
+    assert data_root(None, "r") == "e" and data_root("g", "r") == "g" and data_root(None, "r", env=False) == "r"
 
 
 def test_save_round_trip_and_override_recipe(tmp_path):

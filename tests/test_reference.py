@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from compress.cli import main
-from compress.data.synthetic import generate_root
 from compress.eval.protocols import evaluate
 from compress.eval.reference import reference_model
 from compress.models import create_model
@@ -13,9 +12,9 @@ from compress.models import create_model
 SETS = ["3dpw", "h36m-p1", "mpi-inf-3dhp"]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return generate_root(tmp_path_factory.mktemp("ref") / "data", size="small", seed=0)
+@pytest.fixture
+def root(synth_root):
+    return synth_root
 
 
 def test_mean_reference_equals_a_model_that_outputs_its_start(root):

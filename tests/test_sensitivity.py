@@ -17,11 +17,9 @@ RES = 64
 TINY_UNITS = ["encoder.stem", "encoder.res", "encoder.dw", "encoder.pw", "encoder.down", "fc1", "fc2"]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    from compress.data.synthetic import generate_root
-
-    return generate_root(tmp_path_factory.mktemp("synth") / "root", size="small")
+@pytest.fixture
+def root(synth_root):
+    return synth_root
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +223,7 @@ def test_suggested_snippet_is_a_recipe_prune_section_that_prunes(result):
     assert recipe.prune.ratio_by_module == ratios and recipe.prune.ratio == 0.3
     model = create_model("hmr_tiny", img_res=RES)
     _, summary = prune_model(model, recipe.prune, torch.randn(1, 3, RES, RES))
-    assert summary["after"]["params_total"] < summary["before"]["params_total"]
+    assert summary.after.params_total < summary.before.params_total
 
 
 def test_a_ratio_that_empties_a_layer_is_refused_and_the_sweep_goes_on(root, ckpt, tmp_path):

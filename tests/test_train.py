@@ -239,13 +239,9 @@ from compress.train import run_finetune, run_train  # noqa: E402
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    from compress.data.synthetic import generate_root
-
-    path = tmp_path_factory.mktemp("synthetic")
-    generate_root(path, size="small")
-    return path
+@pytest.fixture
+def root(synth_root):
+    return synth_root
 
 
 def _recipe(root, *, epochs=2, steps=2, workers=0, distill=None, eval_sets=("h36m-p1",)) -> Recipe:
@@ -255,10 +251,6 @@ def _recipe(root, *, epochs=2, steps=2, workers=0, distill=None, eval_sets=("h36
     return Recipe(name="t", model=ModelSpec(name="hmr_tiny", img_res=32), data=data, train=spec, finetune=spec,
                   eval=EvalSpec(datasets=list(eval_sets), batch_size=4, subset=4, workers=0))
 
-
-@pytest.fixture(autouse=True)
-def _no_env_root(monkeypatch):
-    monkeypatch.delenv("COMPRESS_DATA_ROOT", raising=False)
 
 
 def test_run_train_writes_a_complete_run(root, tmp_path):

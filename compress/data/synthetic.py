@@ -41,10 +41,14 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
 from compress import constants as C
 from compress.data import body as body_mod
 from compress.errors import UserError
+from compress.geometry import rotmat_to_axis_angle
+from compress.raster import rasterize
+from compress.smpl import SMPL
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +87,6 @@ def _rot(axis: int, angle: np.ndarray) -> np.ndarray:
 
 def _aa(rotmat: np.ndarray) -> np.ndarray:
     """(N, 3, 3) -> axis-angle (N, 3), numerically safe away from pi (our limits stay below ~2.6 rad)."""
-    from compress.geometry import rotmat_to_axis_angle
-
     return rotmat_to_axis_angle(torch.from_numpy(rotmat)).numpy()
 
 
@@ -165,8 +167,6 @@ class _Renderer:
     """Renders posed meshes of one topology with per-face colours and Lambert shading."""
 
     def __init__(self, faces: np.ndarray, body: body_mod.BodyModel):
-        from compress.raster import rasterize
-
         self._rasterize = rasterize
         self.faces = torch.as_tensor(faces.astype(np.int64))
         self._soup_faces = torch.arange(3 * len(faces)).reshape(-1, 3)
@@ -277,8 +277,6 @@ class _Batch:
 class _Synth:
     def __init__(self, root: Path, img_size: int | None, progress: Callable[[str, int, int], None] | None = None,
                  total: int = 0):
-        from compress.smpl import SMPL
-
         self.root = root
         self.img_size = img_size
         self.progress, self.total, self.done, self.stage = progress, total, 0, ""
@@ -591,8 +589,6 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
 
 def _write_mean_params(root: Path, fits: np.ndarray) -> None:
     """smpl_mean_params.npz from the training fits (N, 82): chordal mean body pose, mean betas (as SPIN's file)."""
-    from scipy.spatial.transform import Rotation
-
     body = Rotation.from_rotvec(fits[:, 3:72].reshape(-1, 3)).as_matrix().reshape(len(fits), 23, 3, 3)
     params = body_mod.mean_params(body_mod.mean_rotation(body), fits[:, 72:].mean(0))
     np.savez(root / body_mod.MEAN_PARAMS_FILE, **params)

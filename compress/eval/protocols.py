@@ -17,9 +17,8 @@ Per dataset (keys of compress.constants.EVAL_DATASETS):
 """
 from __future__ import annotations
 
-import json
+import io
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
 
@@ -27,11 +26,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.checkpoint import load_checkpoint
 from compress.constants import (
-    EVAL_DATASETS, H36M_TO_J14, H36M_TO_J17, IMG_RES, J24_TO_J14, J24_TO_J17, UPI_S1H_FOLDER,
+    EVAL_DATASETS,
+    H36M_TO_J14,
+    H36M_TO_J17,
+    IMG_RES,
+    J24_TO_J14,
+    J24_TO_J17,
+    UPI_S1H_FOLDER,
 )
+from compress.data.datasets import BaseDataset
 from compress.errors import UserError
 from compress.eval.metrics import LspSegmentation, mpjpe, pa_mpjpe, pve
+from compress.eval.render import load_face_labels, render_parts, uncrop
+from compress.geometry import rotmat_to_axis_angle
+from compress.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    json_text,
+)
+from compress.runs import metrics_file
+from compress.smpl import SMPL
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +142,6 @@ def evaluate_checkpoint(
     **kwargs,
 ) -> dict[str, dict[str, float]]:
     """Load a checkpoint (ours, SPIN's or a bare state_dict with `name=`) and `evaluate()` it."""
-    from compress.checkpoint import load_checkpoint
-
     overrides = {"img_res": img_res} if img_res else {}
     model, _ = load_checkpoint(checkpoint, name=name, **overrides)
     if device is not None:
@@ -161,8 +176,6 @@ class _Bodies:
 
     def __call__(self, gender: str) -> nn.Module:
         if gender not in self._models:
-            from compress.smpl import SMPL
-
             self._models[gender] = SMPL(self.model_dir, gender=gender).to(self.device).eval()
         return self._models[gender]
 
@@ -180,8 +193,6 @@ class _Bodies:
 
 def _loader(root: Path, key: str, *, img_res: int, batch_size: int, subset: Optional[int], workers: int,
             image_roots: Optional[Mapping[str, str]], cache: bool) -> torch.utils.data.DataLoader:
-    from compress.data.datasets import BaseDataset
-
     kwargs = {"cache": True} if cache else {}
     ds = BaseDataset(root, key, img_res=img_res, is_train=False, augment=False,
                      image_roots=dict(image_roots or {}), subset=subset, **kwargs)
@@ -281,8 +292,6 @@ def _label_path(root: Path, name: str, image_roots: Optional[Mapping[str, str]])
 
 def _eval_lsp(model, loader, bodies: _Bodies, *, key: str, root: Path, img_res: int, device,
               progress: Optional[Progress], image_roots: Optional[Mapping[str, str]]):
-    from compress.eval.render import load_face_labels, render_parts, uncrop
-
     neutral = bodies("neutral")
     faces = neutral.faces.to(device)
     face_labels = torch.as_tensor(load_face_labels(root, faces.cpu().numpy()), device=device)
@@ -325,36 +334,26 @@ def _eval_lsp(model, loader, bodies: _Bodies, *, key: str, root: Path, img_res: 
 def _save(save_dir: Path, key: str, per_sample: dict, results: dict) -> None:
     """Per-sample arrays as <key>.npz, and the summary of everything so far as summary.json (atomic writes)."""
     save_dir.mkdir(parents=True, exist_ok=True)
-    from compress.geometry import rotmat_to_axis_angle
-
     arrays = dict(per_sample)
     if "rotmat" in arrays:  # SPIN's result files store axis-angle pose (N, 72)
         rot = torch.from_numpy(arrays.pop("rotmat"))
         arrays["pose"] = rotmat_to_axis_angle(rot.reshape(-1, 3, 3)).reshape(rot.shape[0], 72).numpy()
     if "imgname" in arrays:
         arrays["imgname"] = np.asarray(arrays["imgname"]).astype(str)
-    tmp = save_dir / f".{key}.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, save_dir / f"{key}.npz")
-    tmp = save_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, save_dir / "summary.json")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(save_dir / f"{key}.npz", buf.getvalue())
+    atomic_write_text(save_dir / "summary.json", json_text(results, sort_keys=True))
 
 
 def evaluate_into_run(checkpoint: str | Path, recipe, *, progress: Optional[Progress] = None) -> dict:
     """Evaluate a run's checkpoint on the recipe's eval datasets and record the results beside it in
     `metrics/<checkpoint stem>.json` (where `compress report` looks for them)."""
-    import json
-
-    from compress.io import atomic_write_text
-
     checkpoint = Path(checkpoint)
     results = evaluate_checkpoint(
         checkpoint, root=recipe.data.root, datasets=list(recipe.eval.datasets), subset=recipe.eval.subset,
         batch_size=recipe.eval.batch_size, img_res=recipe.model.img_res, workers=recipe.eval.workers,
         image_roots=dict(recipe.data.image_roots) or None, cache=recipe.data.cache, progress=progress,
     )
-    out = checkpoint.parent / "metrics" / f"{checkpoint.stem}.json"
-    atomic_write_text(out, json.dumps({"checkpoint": str(checkpoint), "metrics": results}, indent=2))
+    atomic_write_json(metrics_file(checkpoint.parent, checkpoint.name), {"checkpoint": str(checkpoint), "metrics": results})
     return results

@@ -15,6 +15,7 @@ import torch.nn as nn
 from compress.constants import SMPL_MEAN_PARAMS
 from compress.errors import UserError
 from compress.geometry import rot6d_to_rotmat
+from compress.models.hmr import mean_params
 
 REFERENCES = ("rest", "mean")
 
@@ -37,8 +38,6 @@ class ConstantModel(nn.Module):
 
 def reference_model(kind: str, root: str | Path, *, img_res: int = 64) -> ConstantModel:
     """The constant predictor `kind` (rest | mean) for data root `root`."""
-    from compress.models.hmr import mean_params
-
     if kind not in REFERENCES:
         raise UserError(f"unknown reference {kind!r}; choose one of {', '.join(REFERENCES)}")
     if kind == "rest":
