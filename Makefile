@@ -34,4 +34,4 @@ clean-venv:
 	rm -rf $(VENV)
 
 readme: $(STAMP)
-	$(BIN)/python -m compress.recipe README.md
+	$(BIN)/python -m compress.recipe docs/recipes.md

@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` via a temp file in the same folder + os.replace (never a half-written file)."""
@@ -32,6 +30,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save(obj)` to `path` atomically."""
+    import torch  # here, not at the top: recipe.py and the CLI's --help use this module without loading torch
+
     return _atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from compress.constants import EVAL_DATASETS, IMAGE_FOLDERS, TRAIN_DATASETS, UPI_S1H_FOLDER
 from compress.errors import UserError
+from compress.io import atomic_write_text
 
 DATA_ROOT_ENV = "COMPRESS_DATA_ROOT"
 DEFAULT_DATA_ROOT = "data/synthetic"
@@ -472,13 +473,8 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
     """Write the resolved recipe as YAML (atomically: temp file + rename)."""
     import yaml
 
-    path = Path(path)
     text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 # ----------------------------------------------------------------------------------------------- reference
@@ -533,16 +529,16 @@ README_END = "<!-- recipe-reference:end -->"
 
 
 def readme_with_reference(text: str) -> str:
-    """The README text with its recipe-reference block regenerated from the dataclasses."""
+    """A Markdown page's text (docs/recipes.md) with its recipe-reference block regenerated from the dataclasses."""
     head, sep, rest = text.partition(README_START)
     _, sep2, tail = rest.partition(README_END)
     if not sep or not sep2:
-        raise UserError(f"README has no recipe reference block ({README_START} ... {README_END})")
+        raise UserError(f"the page has no recipe reference block ({README_START} ... {README_END})")
     return f"{head}{README_START}\n{recipe_reference_markdown()}\n{README_END}{tail}"
 
 
-if __name__ == "__main__":  # python -m compress.recipe README.md: regenerate the README's reference block
+if __name__ == "__main__":  # python -m compress.recipe docs/recipes.md: regenerate the reference block
     import sys
 
-    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/recipes.md")
     readme.write_text(readme_with_reference(readme.read_text()))
