@@ -16,21 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import smplx
 import torch
 import torch.nn as nn
+from smplx.lbs import batch_rigid_transform
+from smplx.utils import Struct
 
 from compress import constants
 from compress.errors import UserError
 from compress.geometry import batch_rodrigues
 
 log = logging.getLogger(__name__)
-
-# Selectors re-exported under this module's name (the evaluation imports them from here or from constants).
-H36M_TO_J17 = constants.H36M_TO_J17
-H36M_TO_J14 = constants.H36M_TO_J14
-J24_TO_J17 = constants.J24_TO_J17
-J24_TO_J14 = constants.J24_TO_J14
-JOINT_MAP = constants.JOINT_MAP
 
 GENDERS = ("neutral", "male", "female")
 SMPL_KEYS = ("v_template", "shapedirs", "posedirs", "weights", "J_regressor", "kintree_table", "f")
@@ -244,9 +240,6 @@ class SMPL(nn.Module):
         j_regressor_h36m: str | Path | np.ndarray | None = None,
     ):
         super().__init__()
-        import smplx
-        from smplx.utils import Struct
-
         self.model_file = find_model_file(model_path, gender)
         data = load_smpl_file(self.model_file)
         missing = [k for k in SMPL_KEYS if k not in data]
@@ -261,7 +254,7 @@ class SMPL(nn.Module):
         h36m = _load_regressor(j_regressor_h36m, self.model_file, J_REGRESSOR_H36M, 17)
         self.register_buffer("J_regressor_extra", torch.tensor(extra, dtype=torch.float32), persistent=False)
         self.register_buffer("J_regressor_h36m", torch.tensor(h36m, dtype=torch.float32), persistent=False)
-        self.register_buffer("joint_map", torch.tensor(JOINT_MAP, dtype=torch.long), persistent=False)
+        self.register_buffer("joint_map", torch.tensor(constants.JOINT_MAP, dtype=torch.long), persistent=False)
         self.gender = gender
 
     @property
@@ -317,8 +310,6 @@ class SMPLJoints(nn.Module):
         self.register_buffer("joint_map", smpl.joint_map.clone(), persistent=False)
 
     def forward(self, rotmat: torch.Tensor, betas: torch.Tensor) -> "SMPLJointsResult":
-        from smplx.lbs import batch_rigid_transform
-
         b = rotmat.shape[0]
         n_betas = self.shapedirs.shape[-1]
         betas = betas[:, :n_betas]

@@ -98,11 +98,27 @@ def test_mismatch_fails_loudly_and_leaves_no_file(tmp_path):
     assert not (tmp_path / "bad.onnx").exists() and not (tmp_path / "bad.onnx.tmp").exists()
 
 
-def test_onnx_latency_stats(tmp_path):
+def test_onnx_latency_stats(tmp_path, monkeypatch):
+    """The statistics of known run times: a clock that advances 3, 1, 2, 9, 5, 4, 8, 6, 7 ms per timed run."""
+    import compress.export as export
+
     info = export_onnx(_tiny(), tmp_path / "tiny.onnx", img_res=IMG_RES)
-    stats = onnx_latency(info["path"], img_res=IMG_RES, batch=2, repeats=5, warmup=1, threads=1)
-    assert stats["repeats"] == 5 and stats["batch"] == 2 and stats["threads"] == 1
-    assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+    runs = []
+    real = export._session(info["path"], threads=1)
+
+    class Counting:
+        def run(self, names, feeds):
+            runs.append(feeds["img"].shape)
+            return real.run(names, feeds)
+
+    ticks = iter(t for i, ms in enumerate([3, 1, 2, 9, 5, 4, 8, 6, 7]) for t in (10.0 * i, 10.0 * i + ms / 1000))
+    monkeypatch.setattr(export, "_session", lambda path, threads=None: Counting())
+    monkeypatch.setattr(export.time, "perf_counter", lambda: next(ticks))
+    stats = onnx_latency(info["path"], img_res=IMG_RES, batch=2, repeats=9, warmup=2, threads=1)
+    assert runs == [(2, 3, IMG_RES, IMG_RES)] * 11  # warm-up runs are not timed
+    assert stats["repeats"] == 9 and stats["batch"] == 2 and stats["threads"] == 1
+    assert stats["median_ms"] == pytest.approx(5.0) and stats["p10_ms"] == pytest.approx(1.0)
+    assert stats["p90_ms"] == pytest.approx(9.0)
 
 
 def test_cli_export(tmp_path, capsys):

@@ -173,7 +173,9 @@ def test_missing_files_are_user_errors(tmp_path, root):
         SMPL(root, gender="other")
 
 
-def test_selectors_exported():
-    from compress import smpl
-
-    assert smpl.H36M_TO_J14 == constants.H36M_TO_J17[:14] and smpl.J24_TO_J14 == constants.J24_TO_J17[:14]
+def test_joint_selectors_are_spins():
+    """SPIN's constants.py, written out (not derived from our own lists)."""
+    assert constants.H36M_TO_J17 == [6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10, 0, 7, 9]
+    assert constants.H36M_TO_J14 == [6, 5, 4, 1, 2, 3, 16, 15, 14, 11, 12, 13, 8, 10]
+    assert constants.J24_TO_J17 == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18, 14, 16, 17]
+    assert constants.J24_TO_J14 == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 18]
