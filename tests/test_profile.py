@@ -40,7 +40,9 @@ def test_interleaved_latency_reports_every_model():
     stats = profile.interleaved_latency(models, img_res=32, batch_size=2, warmup=1, repeats=3)
     assert set(stats) == {"a", "b"}
     for s in stats.values():
-        assert s["repeats"] == 3 and s["p10_ms"] <= s["median_ms"] <= s["p90_ms"] and s["batch"] == 2
+        assert s["repeats"] == 3 and s["batch"] == 2 and s["device"] == "cpu"
+        assert s["threads"] == torch.get_num_threads() and "samples_ms" not in s  # raw samples stay in ab_latency
+        assert s["median_ms"] > 0
 
 
 def test_profile_is_cached_until_the_checkpoint_changes(tiny_ckpt, monkeypatch):
@@ -56,3 +58,28 @@ def test_profile_is_cached_until_the_checkpoint_changes(tiny_ckpt, monkeypatch):
     assert cache["profile"]["macs"] == first["macs"]
     profile.profile_checkpoint(tiny_ckpt, batch_sizes=(1,), repeats=2, retime=True)
     assert calls == [1, 1]
+
+
+def test_one_cache_key_for_the_profile_and_the_onnx_latency(tmp_path):
+    """The file's identity plus the settings stored with it; a reader compares the settings it names."""
+    ckpt = tmp_path / "m.pt"
+    torch.save({"w": torch.zeros(2)}, ckpt)
+    settings = {"img_res": 64, "device": "cpu", "batch_sizes": [1, 32], "threads": 1}
+    profile.write_cache(ckpt, profile.PROFILE_CACHE, {"macs": 7}, **settings)
+    st = ckpt.stat()
+    stored = json.loads((tmp_path / "m.pt.profile.json").read_text())
+    assert stored == {"key": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **settings}, "profile": {"macs": 7}}
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, **settings) == {"macs": 7}
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cpu") == {"macs": 7}  # what the report asks
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cuda") is None
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, **(settings | {"threads": 2})) is None
+    assert profile.read_cache(ckpt, profile.ONNX_LATENCY_CACHE) is None  # a file of its own
+    profile.write_cache(ckpt, profile.ONNX_LATENCY_CACHE, {"median_ms": 1.5})
+    assert json.loads((tmp_path / "m.pt.onnx-latency.json").read_text())["key"] == {"size": st.st_size,
+                                                                                    "mtime_ns": st.st_mtime_ns}
+    assert profile.read_cache(ckpt, profile.ONNX_LATENCY_CACHE) == {"median_ms": 1.5}
+    torch.save({"w": torch.zeros(1000)}, ckpt)  # a rewritten checkpoint (another size) is measured again
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cpu") is None
+    assert profile.read_cache(ckpt, profile.ONNX_LATENCY_CACHE) is None
+    (tmp_path / "m.pt.profile.json").write_text('{"key": ')  # half a file: a miss, not an error
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cpu") is None
