@@ -18,6 +18,7 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.geometry import batch_rodrigues, project_to_crop
+from compress.recipe import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,16 @@ class LossWeights:
         return any(getattr(self, t) > 0 for t in DISTILL_TERMS)
 
 
-def loss_weights(spec, *, distill: bool = True) -> LossWeights:
-    """LossWeights from a recipe TrainSpec (fields kp2d, kp3d, pose, betas, shape, cam, openpose_weight, gt_weight,
-    loss_scale and `distill` with rotmat, betas, cam, joints, features). distill=False (no teacher) or
-    spec.distill None zeroes the KD terms."""
+def loss_weights(spec: TrainSpec, *, distill: bool = True) -> LossWeights:
+    """LossWeights from a recipe's train/finetune section: its SPIN term weights (same names) and the
+    `distill` section's rotmat, betas, cam, joints, features. distill=False (no teacher) or spec.distill None
+    zeroes the KD terms."""
     kw = {f.name: float(getattr(spec, f.name)) for f in dataclasses.fields(LossWeights)
-          if not f.name.startswith("distill_") and hasattr(spec, f.name)}
-    kd = getattr(spec, "distill", None)
+          if not f.name.startswith("distill_")}
+    kd = spec.distill
     if distill and kd is not None:  # an empty kd.teacher means "the default teacher": the caller resolves it
-        for term in DISTILL_TERMS:
-            kw[term] = float(getattr(kd, term.removeprefix("distill_"), 0.0) or 0.0)
+        kw.update(distill_rotmat=kd.rotmat, distill_betas=kd.betas, distill_cam=kd.cam, distill_joints=kd.joints,
+                  distill_features=kd.features)
     return LossWeights(**kw)
 
 

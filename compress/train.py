@@ -288,7 +288,7 @@ def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torc
     are large: without a warm-up, lr 1e-3 drives the camera scale negative and SPIN's exp(-10 s) term to inf)."""
     optimizer = torch.optim.Adam(param_groups(model, spec), lr=spec.lr, weight_decay=spec.weight_decay,
                                  betas=(0.9, 0.999))
-    factor = LRFactor(getattr(spec, "warmup_steps", 0), getattr(spec, "lr_schedule", "constant"))
+    factor = LRFactor(spec.warmup_steps, spec.lr_schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return optimizer, scheduler
 
@@ -297,7 +297,7 @@ def param_groups(model: nn.Module, spec) -> list[dict]:
     """One group at spec.lr; with spec.encoder_lr, the regressor (model.regressor_names) first at spec.lr and the
     encoder second at encoder_lr."""
     params = [p for p in model.parameters() if p.requires_grad]
-    encoder_lr = getattr(spec, "encoder_lr", None)
+    encoder_lr = spec.encoder_lr
     if encoder_lr is None:
         return [{"params": params}]
     head = {id(p) for p in regressor_parameters(model)}

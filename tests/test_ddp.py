@@ -25,6 +25,7 @@ SCRIPT = textwrap.dedent('''
     from torch import nn
     from compress.models import create_model
     from compress.distributed import init_distributed, set_sync_batchnorm
+    from compress.recipe import TrainSpec
     from compress.train import FitOptions, fit, loader_factory, make_state
 
     torch.set_num_threads(1)
@@ -54,9 +55,7 @@ SCRIPT = textwrap.dedent('''
             return {"img": self.img[i], "keypoints": self.kp[i], "pose_3d": self.p3[i], "has_pose_3d": torch.tensor(1.),
                     "pose": self.pose[i], "betas": torch.zeros(10), "has_smpl": torch.tensor(1.)}
 
-    spec = types.SimpleNamespace(lr=1e-3, weight_decay=0.0, amp=False, channels_last=False, compile=False, kp2d=5.0,
-                                 kp3d=5.0, pose=1.0, betas=0.001, shape=0.0, cam=1.0, openpose_weight=0.0,
-                                 gt_weight=1.0, loss_scale=60.0, distill=None, grad_clip=0.0)
+    spec = TrainSpec(lr=1e-3, amp=False)
     info = init_distributed()
     torch.manual_seed(0)
     model = create_model("hmr_tiny", img_res=RES)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 import torch
@@ -159,11 +158,12 @@ def test_distill_terms():
 
 
 def test_loss_weights_from_spec():
-    kd = types.SimpleNamespace(teacher="runs/base/trained.pt", rotmat=1.0, betas=0.01, cam=0.5, joints=2.0,
-                               features=0.0)
-    spec = types.SimpleNamespace(kp2d=5, kp3d=5, pose=1, betas=0.001, shape=0, cam=1, openpose_weight=0,
-                                 gt_weight=1, loss_scale=60, distill=kd)
+    from compress.recipe import DistillSpec, TrainSpec
+
+    kd = DistillSpec(teacher="runs/base/trained.pt", rotmat=1.0, betas=0.01, cam=0.5, joints=2.0, features=0.0)
+    spec = TrainSpec(distill=kd)
     w = loss_weights(spec)
     assert w == LossWeights(distill_rotmat=1.0, distill_betas=0.01, distill_cam=0.5, distill_joints=2.0)
     assert w.distill and not loss_weights(spec, distill=False).distill
-    assert not loss_weights(types.SimpleNamespace(**{**vars(spec), "distill": None})).distill
+    assert not loss_weights(TrainSpec(distill=None)).distill
+    assert loss_weights(TrainSpec(pose=10.0, betas=0.1)) == LossWeights(pose=10.0, betas=0.1)

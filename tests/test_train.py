@@ -13,6 +13,7 @@ from compress.errors import UserError
 from compress.models import create_model
 from compress.distributed import DistInfo, rng_state, set_rng_state, set_sync_batchnorm
 from compress.runs import LAST
+from compress.recipe import TrainSpec
 from compress.train import FitOptions, LRFactor, fit, load_train_state, make_state, train_one_epoch
 
 RES = 32
@@ -64,11 +65,8 @@ def _loader_factory(data, batch=4):
     return make
 
 
-def _spec(**kw):
-    base = dict(lr=1e-3, weight_decay=0.0, amp=False, channels_last=False, compile=False, kp2d=5.0, kp3d=5.0,
-                pose=1.0, betas=0.001, shape=0.0, cam=1.0, openpose_weight=0.0, gt_weight=1.0, loss_scale=60.0,
-                distill=None, grad_clip=0.0)
-    return types.SimpleNamespace(**{**base, **kw})
+def _spec(**kw) -> TrainSpec:
+    return TrainSpec(**{"lr": 1e-3, "amp": False, **kw})
 
 
 def _state(seed=0, **kw):
