@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from compress.constants import EVAL_DATASETS, IMAGE_FOLDERS, TRAIN_DATASETS, UPI_S1H_FOLDER
+import yaml
+
+from compress.constants import (
+    EVAL_DATASETS,
+    IMAGE_FOLDERS,
+    TRAIN_DATASETS,
+    UPI_S1H_FOLDER,
+)
 from compress.errors import UserError
 from compress.io import atomic_write_text
 
@@ -363,8 +370,6 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str] = ()) -> dict:
 
     Missing intermediate sections are created, so `prune.ratio=0.3` works on a recipe without `prune`.
     """
-    import yaml
-
     out = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -433,8 +438,6 @@ def load_recipe(path: str | os.PathLike, overrides: typing.Iterable[str] = (), *
     data.root follows `data_root`: `root` (the CLI's --data) > a `data.root=` override > $COMPRESS_DATA_ROOT (when
     `env`) > the file.
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe not found: {path} (see recipes/ for examples)")
@@ -471,8 +474,6 @@ def recipe_to_dict(obj: Any) -> Any:
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
     """Write the resolved recipe as YAML (atomically: temp file + rename)."""
-    import yaml
-
     text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=False)
     return atomic_write_text(path, text)
 
@@ -517,8 +518,6 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 
 def _yaml_inline(value: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
