@@ -34,19 +34,18 @@ from compress.recipe import PruneSpec, PruneTarget  # noqa: E402
 
 
 def _uniform_at_most(model, example, *, macs: int):
-    """The ratio-pruned model (one local ratio) with the most MACs that are still <= macs."""
+    """The ratio-pruned model (one local ratio) with the most MACs that are still <= macs -> (model, result, ratio)."""
     lo, hi, best = 0.0, 0.95, None
     for _ in range(12):
         mid = (lo + hi) / 2
         pruned, summary = prune_model(model, {"ratio": mid}, example)
-        if summary["after"]["macs"] <= macs:
+        if summary.after.macs <= macs:
             hi, best = mid, (pruned, summary)
         else:
             lo = mid
     if best is None:
         raise SystemExit("no uniform ratio reaches the MACs of the latency-targeted model")
-    best[1]["ratio"] = round(hi, 4)
-    return best
+    return (*best, round(hi, 4))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     fast, s_fast = prune_model(model, PruneSpec(target=PruneTarget(latency_ratio=0.5, threads=1)), example,
                                lut_dir=args.lut_dir)
     search_s = time.perf_counter() - t0
-    target = s_fast["target"]
-    macs = s_fast["after"]["macs"]
-    uniform, s_uni = _uniform_at_most(model, example, macs=macs)
+    target = s_fast.target
+    macs = s_fast.after.macs
+    uniform, s_uni, uni_ratio = _uniform_at_most(model, example, macs=macs)
 
     print(f"HMR-MobileNetV2, {res} px, batch 1, 1 thread, cpu; final timing: {args.repeats} interleaved rounds")
-    print(f"(a) latency target 0.5x: search {search_s:.0f} s, {len(target['rounds'])} round(s), LUT "
-          f"{target['lut_entries']} shapes ({target['lut_loaded']} cached)")
-    for r in target["rounds"]:
+    print(f"(a) latency target 0.5x: search {search_s:.0f} s, {len(target.rounds)} round(s), LUT "
+          f"{target.lut_entries} shapes ({target.lut_loaded} cached)")
+    for r in target.rounds:
         print(f"    round {r['round']}: predicted {r['predicted_ms']:.2f} ms, measured {r['measured_ms']:.2f} ms "
               f"(p10-p90 {r['p10_ms']:.2f}-{r['p90_ms']:.2f}) vs baseline {r['baseline_ms']:.2f} ms, per-round ratio "
               f"{r['paired_ratio']:.3f} -> {'met' if r['met'] else 'missed'}")
@@ -89,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for key, s in summaries.items():
             t = timing[key]
-            params = s["after"]["params_total"] if s else s_fast["before"]["params_total"]
-            m = s["after"]["macs"] if s else s_fast["before"]["macs"]
+            params = (s.after if s else s_fast.before).params_total
+            m = (s.after if s else s_fast.before).macs
             rows.append({"model": key, "params": params, "macs": m, "median_ms": round(t["median_ms"], 3),
                          "p10_ms": round(t["p10_ms"], 3), "p90_ms": round(t["p90_ms"], 3)})
             print(f"  {key:9s} params {params:>10,}  MACs {m:>12,}  median {t['median_ms']:7.2f} ms  "
@@ -99,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         b = paired_ratio(timing["uniform"]["samples_ms"], timing["latency"]["samples_ms"])
         print(f"  (a) latency-targeted / unpruned, per round: median {a['median']:.3f} (p10-p90 {a['p10']:.3f}-"
               f"{a['p90']:.3f}), target 0.5 -> {'MET' if a['median'] <= 0.5 else 'MISSED'}")
-        print(f"  (b) uniform / latency-targeted at <= equal MACs ({macs:,} vs {s_uni['after']['macs']:,}, uniform "
-              f"ratio {s_uni['ratio']}), per round: median {b['median']:.3f} (p10-p90 {b['p10']:.3f}-{b['p90']:.3f})"
+        print(f"  (b) uniform / latency-targeted at <= equal MACs ({macs:,} vs {s_uni.after.macs:,}, uniform "
+              f"ratio {uni_ratio}), per round: median {b['median']:.3f} (p10-p90 {b['p10']:.3f}-{b['p90']:.3f})"
               f" -> latency-targeted is {'faster' if b['median'] > 1 else 'NOT faster'}")
         trials.append({"rows": rows, "latency_over_unpruned": a, "uniform_over_latency": b})
     if args.json:
-        Path(args.json).write_text(json.dumps({"img_res": res, "rounds": target["rounds"], "trials": trials,
-                                               "groups": target["groups"]}, indent=2))
+        Path(args.json).write_text(json.dumps({"img_res": res, "rounds": target.rounds, "trials": trials,
+                                               "groups": target.groups}, indent=2))
     return 0
 
 

@@ -35,8 +35,8 @@ def bench_one(name: str, ratio: float, *, img_res: int, batches: list[int], warm
     example = torch.randn(1, 3, img_res, img_res)
     pruned, summary = prune_model(model, {"ratio": ratio}, example)
     row = {"model": name, "ratio": ratio, "img_res": img_res,
-           "params_before": summary["before"]["params_total"], "params_after": summary["after"]["params_total"],
-           "macs_before": summary["before"]["macs"], "macs_after": summary["after"]["macs"]}
+           "params_before": summary.before.params_total, "params_after": summary.after.params_total,
+           "macs_before": summary.before.macs, "macs_after": summary.after.macs}
     row["macs_ratio"] = row["macs_after"] / row["macs_before"]
     for batch in batches:
         lat = interleaved_latency({"unpruned": model, "pruned": pruned.eval()}, img_res=img_res, batch_size=batch,

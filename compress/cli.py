@@ -214,21 +214,21 @@ def cmd_prune(args) -> int:
     recipe = load_recipe_args(args)
     from compress.prune import run_prune
 
-    summary = run_prune(recipe, out_dir=args.out)
+    run = run_prune(recipe, out_dir=args.out)
+    metrics = None
     if args.eval:
         from compress.eval.protocols import evaluate_into_run
 
         with _progress() as bar:
-            summary["metrics"] = evaluate_into_run(summary["checkpoint"], recipe,
-                                                   progress=_eval_progress(bar))
+            metrics = evaluate_into_run(run.checkpoint, recipe, progress=_eval_progress(bar))
     if args.json:
-        _print_json(summary)
+        _print_json({**run.to_json(), **({"metrics": metrics} if args.eval else {})})
     else:
-        _print_prune_summary(summary)
-        if summary.get("metrics"):
+        _print_prune_summary(run)
+        if metrics:
             from compress.eval.protocols import format_results_table
 
-            _print_rows(format_results_table(summary["metrics"]), title="pruned, before fine-tuning")
+            _print_rows(format_results_table(metrics), title="pruned, before fine-tuning")
     return 0
 
 
@@ -274,21 +274,23 @@ def _print_summary(title: str, result: dict) -> None:
         _print_rows(format_results_table(metrics), title=f"{title}: evaluation")
 
 
-def _print_prune_summary(summary: dict) -> None:
+def _print_prune_summary(run) -> None:
     from rich.table import Table
 
-    before, after = summary["before"], summary["after"]
-    table = Table(title=f"pruned -> {summary.get('checkpoint', '')}")
+    result = run.result
+    table = Table(title=f"pruned -> {run.checkpoint}")
     for head in ("", "before", "after", "change"):
         table.add_column(head, justify="right")
     for key in ("params_total", "params_encoder", "params_regressor", "macs"):
-        b, a = before[key], after[key]
+        b, a = getattr(result.before, key), getattr(result.after, key)
         table.add_row(key, f"{b:,}", f"{a:,}", f"{(a - b) / b * 100:+.1f}%" if b else "–")
     _console().print(table)
-    for key in ("importance", "ratio", "scope", "global", "min_keep_fraction", "min_keep_layer"):
-        if key in summary:
-            _console().print(f"{key}: {summary[key]}")
-    for note in summary.get("notes", []):
+    shown = {"importance": result.importance, "ratio": result.ratio, "scope": result.scope, "global": result.global_,
+             "min_keep_fraction": result.min_keep_fraction, "min_keep_layer": result.min_keep_layer}
+    for key, value in shown.items():
+        if value is not None:  # no ratio under a latency target
+            _console().print(f"{key}: {value}")
+    for note in result.notes:
         _console().print(f"[yellow]note:[/] {note}")
 
 

@@ -119,8 +119,8 @@ def _prune_and_finetune(name, out, start, teacher, common, size, epochs, bar) ->
         overrides += [f"finetune.distill.{k}={v}" for k, v in DISTILL_WEIGHTS.items()]
         overrides += _schedule("finetune", size, epochs, size.ft_steps)
         recipe = load_recipe(RECIPES / f"{name}.yaml", overrides, env=False)
-        summary = run_prune(recipe, out_dir=run)
-        evaluate_into_run(summary["checkpoint"], recipe)  # accuracy right after pruning, before fine-tuning
+        pruned = run_prune(recipe, out_dir=run)
+        evaluate_into_run(pruned.checkpoint, recipe)  # accuracy right after pruning, before fine-tuning
     if not (run / "finetuned.pt").exists():
         run_finetune(run, epochs=epochs, resume=True, progress=bar(f"finetune {name}"))
     return run

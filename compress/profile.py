@@ -1,7 +1,6 @@
 """Model cost: parameters (encoder / regressor), MACs, per-stage widths; latency and memory (see below)."""
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
@@ -11,10 +10,9 @@ import torch
 from torch import nn
 
 from compress.io import atomic_write_json
+from compress.prune.cost import MACS_COUNTER, count_macs  # the one MAC counter and its caption
 
 log = logging.getLogger(__name__)
-
-MACS_COUNTER = "torch-pruning count_ops_and_params; regressor counted once per IEF iteration"
 
 
 def load_any(target: str, **overrides) -> tuple[nn.Module, dict]:
@@ -27,17 +25,6 @@ def load_any(target: str, **overrides) -> tuple[nn.Module, dict]:
 
         return load_checkpoint(resolve_checkpoint(target), **overrides)
     return create_model(target, **overrides), {}
-
-
-def count_macs(model: nn.Module, img_res: int) -> int:
-    """Multiply-accumulates of one forward pass at batch 1 (Torch-Pruning's counter, on a deep copy)."""
-    import torch_pruning as tp
-
-    example = torch.zeros(1, 3, img_res, img_res, device=next(model.parameters()).device)
-    probe = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        macs, _ = tp.utils.count_ops_and_params(probe, example)
-    return int(macs)
 
 
 def stage_widths(model: nn.Module) -> dict[str, int]:

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.prune import IMPORTANCES, PruneResult, cost, prune_model
+from compress.recipe import PruneSpec
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,7 @@ def _unit_channels(unit: str, widths: Mapping[str, Mapping[str, list[int]]], dep
 
 
 def _prune_unit(model: nn.Module, unit: str, others: list[str], ratio: float, importance: str,
-                example: torch.Tensor) -> tuple[nn.Module, dict]:
-    from compress.prune import prune_model
-    from compress.recipe import PruneSpec
-
+                example: torch.Tensor) -> tuple[nn.Module, PruneResult]:
     # the per-layer cap (default 0.8) would silently turn a larger tested ratio into 0.8
     cap = max(PruneSpec().max_layer_ratio, ratio)
     spec = PruneSpec(importance=importance, ratio=ratio, ignore=others, scope="all", max_layer_ratio=cap)
@@ -174,7 +173,6 @@ def run_sensitivity(
     from compress.io import atomic_write_text, finite_json
     from compress.runs import resolve_checkpoint
     from compress.eval.protocols import evaluate
-    from compress.prune import cost
 
     ratios = _check_ratios(ratios)
     datasets = _check_datasets(datasets)
@@ -227,7 +225,7 @@ def run_sensitivity(
         "model": getattr(model, "config", {}).get("name", type(model).__name__),
         "img_res": res, "datasets": datasets, "subset": subset, "importance": importance, "ratios": ratios,
         "rank_by": rank_by,
-        "baseline": {**base, "params_total": base_cost["params_total"], "macs": base_cost["macs"],
+        "baseline": {**base, "params_total": base_cost.params_total, "macs": base_cost.macs,
                      "metrics": base_metrics},
         "units": _rank_units(chosen, rows, rank_by=rank_by),
         "rows": rows,
@@ -245,8 +243,6 @@ def run_sensitivity(
 
 def _check_options(*, importance: str, rank_by: str, subset: int, budget_ratio: Optional[float],
                    ratios: list[float]) -> None:
-    from compress.prune import IMPORTANCES
-
     if importance not in IMPORTANCES:
         raise UserError(f"sensitivity: unknown importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
     if importance == "taylor":
@@ -260,16 +256,16 @@ def _check_options(*, importance: str, rank_by: str, subset: int, budget_ratio: 
                         "ratio; suggestions do not extrapolate)")
 
 
-def _measure(unit: str, summary: dict, metrics: dict, base: dict, depthwise: set[str]) -> dict:
-    """One row of the table from a prune summary and the pruned model's evaluation."""
-    before, after = summary["before"], summary["after"]
-    params, macs = before["params_total"] - after["params_total"], before["macs"] - after["macs"]
-    removed, channels = _unit_channels(unit, summary["widths"], depthwise)
+def _measure(unit: str, summary: PruneResult, metrics: dict, base: dict, depthwise: set[str]) -> dict:
+    """One row of the table from a prune result and the pruned model's evaluation."""
+    before, after = summary.before, summary.after
+    params, macs = before.params_total - after.params_total, before.macs - after.macs
+    removed, channels = _unit_channels(unit, summary.widths, depthwise)
     pa, mp = _mean_metric(metrics, "pa_mpjpe_mm"), _mean_metric(metrics, "mpjpe_mm")
     return {
         "params_removed": params, "macs_removed": macs,
-        "params_removed_pct": 100.0 * params / before["params_total"],
-        "macs_removed_pct": 100.0 * macs / before["macs"] if before["macs"] else 0.0,
+        "params_removed_pct": 100.0 * params / before.params_total,
+        "macs_removed_pct": 100.0 * macs / before.macs if before.macs else 0.0,
         "channels_removed": removed, "channels": channels,
         "pa_mpjpe_mm": pa, "mpjpe_mm": mp,
         "delta_pa_mpjpe_mm": pa - base["pa_mpjpe_mm"], "delta_mpjpe_mm": mp - base["mpjpe_mm"],

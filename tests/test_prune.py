@@ -65,7 +65,7 @@ def soft_mask(model: nn.Module, kept: dict) -> nn.Module:
 
 
 def assert_soft_mask_equivalent(model, pruned, summary, img):
-    masked = soft_mask(model, summary["kept_channels"])
+    masked = soft_mask(model, summary.kept_channels)
     pruned = pruned.eval()
     with torch.no_grad():
         a, b = pruned(img), masked(img)
@@ -119,11 +119,11 @@ ENCODERS = ["hmr_tiny", "hmr_resnet50", "hmr_densenet121", "hmr_mobilenet_v2", "
 def test_soft_mask_equivalence(name, img):
     for ratio, global_ in CONFIGS:
         model, pruned, summary = prune_checked(name, ratio=ratio, global_=global_, img=img)
-        before, after = summary["before"], summary["after"]
-        assert after["params_total"] < before["params_total"]
-        assert after["macs"] < before["macs"]
-        assert after["features"] < before["features"]  # the encoder output really shrinks
-        assert summary["min_keep_fraction"] >= 0.2 - 1e-9  # default max_layer_ratio 0.8
+        before, after = summary.before, summary.after
+        assert after.params_total < before.params_total
+        assert after.macs < before.macs
+        assert after.features < before.features  # the encoder output really shrinks
+        assert summary.min_keep_fraction >= 0.2 - 1e-9  # default max_layer_ratio 0.8
         heads = [pruned.get_submodule(h) for h in pruned.head_names]
         assert [h.out_features for h in heads] == [model.get_submodule(h).out_features for h in pruned.head_names]
 
@@ -141,9 +141,9 @@ def test_local_widths_match_reference_counts(img):
     model = create_model("hmr_mobilenet_v2", img_res=RES)
     for ratio, expected in ((0.3, 2_487_807), (0.5, 1_332_541)):
         pruned, summary = prune_model(model, {"ratio": ratio}, img)
-        assert summary["after"]["params_total"] == expected
+        assert summary.after.params_total == expected
         assert pruned.fc1.out_features == int(1024 * (1 - ratio))
-        assert summary["after"]["features"] == int(1280 * (1 - ratio))
+        assert summary.after.features == int(1280 * (1 - ratio))
 
 
 # ----------------------------------------------------------------------------------------------- invariants
@@ -154,9 +154,9 @@ def test_estimate_columns_untouched_and_model_left_alone(img):
     model = create_model("hmr_tiny", img_res=RES)
     reference = copy.deepcopy(model.state_dict())
     pruned, summary = prune_model(model, {"ratio": 0.4}, img, track_channels=True)
-    rows = summary["kept_channels"]["fc1"]["out"]
+    rows = summary.kept_channels["fc1"]["out"]
     assert torch.equal(pruned.fc1.weight[:, -157:], model.fc1.weight[rows, -157:])
-    assert pruned.fc1.in_features == summary["after"]["features"] + 157
+    assert pruned.fc1.in_features == summary.after.features + 157
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())  # input model unchanged
     assert pruned.training  # back in train mode for fine-tuning
     assert all(p.grad is None for p in pruned.parameters())
@@ -166,19 +166,19 @@ def test_estimate_columns_untouched_and_model_left_alone(img):
 def test_p1_mobilenet_cuts_params_and_macs(img):
     model = create_model("hmr_mobilenet_v2", img_res=RES)
     _, summary = prune_model(model, {"ratio": 0.2}, img)
-    assert summary["params_kept"] < 0.7  # a 20% channel ratio removes ~1-(0.8)^2 = 36% of the weights
-    assert summary["macs_kept"] < 0.75
-    assert summary["before"]["params_total"] == 4_906_909
+    assert summary.params_kept < 0.7  # a 20% channel ratio removes ~1-(0.8)^2 = 36% of the weights
+    assert summary.macs_kept < 0.75
+    assert summary.before.params_total == 4_906_909
 
 
 def test_scope_encoder_and_regressor(img):
     model = create_model("hmr_tiny", img_res=RES)
     enc, s_enc = prune_model(model, {"ratio": 0.5, "scope": "encoder"}, img)
     assert enc.fc1.out_features == 64 and enc.fc2.out_features == 64
-    assert s_enc["after"]["features"] < 32 and s_enc["after"]["params_encoder"] < s_enc["before"]["params_encoder"]
+    assert s_enc.after.features < 32 and s_enc.after.params_encoder < s_enc.before.params_encoder
     reg, s_reg = prune_model(model, {"ratio": 0.5, "scope": "regressor"}, img)
     assert reg.fc1.out_features == 32 and reg.fc2.out_features == 32
-    assert s_reg["after"]["params_encoder"] == s_reg["before"]["params_encoder"]
+    assert s_reg.after.params_encoder == s_reg.before.params_encoder
 
 
 def test_min_keep_fraction_enforced_under_global_pruning(img):
@@ -188,7 +188,7 @@ def test_min_keep_fraction_enforced_under_global_pruning(img):
         model.encoder.features[1].conv[1].weight.mul_(1e-3)  # a layer global ranking would wipe out
     spec = {"ratio": 0.5, "global": True, "max_layer_ratio": 0.6, "iterative_steps": 3}
     pruned, summary = prune_model(model, spec, img, track_channels=True)
-    assert summary["min_keep_fraction"] >= 0.4 - 1e-9
+    assert summary.min_keep_fraction >= 0.4 - 1e-9
     assert pruned.encoder.features[1].conv[1].out_channels >= 0.4 * 16
     assert_soft_mask_equivalent(model, pruned, summary, img)
 
@@ -215,11 +215,11 @@ def test_importances(img):
     sizes = {}
     for name in ("l1", "l2", "lamp", "fpgm", "random"):
         _, s = prune_model(model, {"ratio": 0.3, "importance": name}, img)
-        sizes[name] = s["after"]["params_total"]
+        sizes[name] = s.after.params_total
     assert len(set(sizes.values())) == 1  # local pruning: the widths do not depend on the criterion
     pruned, s = prune_model(model, {"ratio": 0.3, "importance": "bn_scale"}, img)
     assert pruned.fc1.out_features < 64  # fc1/fc2 pruned by the magnitude fallback
-    assert any("bn_scale" in note for note in s["notes"])
+    assert any("bn_scale" in note for note in s.notes)
 
 
 def test_taylor_uses_the_loss_on_calibration_batches(img):
@@ -237,7 +237,7 @@ def test_taylor_uses_the_loss_on_calibration_batches(img):
         prune_model(model, {"ratio": 0.3, "importance": "taylor"}, img)
     pruned, s = prune_model(model, {"ratio": 0.3, "importance": "taylor"}, img, loss_fn=loss_fn,
                             calibration_batches=batches)
-    assert calls == [1, 1] and s["calibration_batches"] == 2
+    assert calls == [1, 1] and s.calibration_batches == 2
     assert pruned.fc1.out_features == 44
 
 
@@ -246,8 +246,8 @@ def test_p2_composes_on_p1(img):
     model = create_model("hmr_seed_mobilenet_v2", img_res=RES)
     p1, s1 = prune_model(model, {"ratio": 0.2}, img)
     p2, s2 = prune_model(p1, {"ratio": 0.2}, img, track_channels=True)
-    assert s2["before"]["params_total"] == s1["after"]["params_total"]
-    assert s2["after"]["params_total"] < s1["after"]["params_total"]
+    assert s2.before.params_total == s1.after.params_total
+    assert s2.after.params_total < s1.after.params_total
     assert_soft_mask_equivalent(p1, p2, s2, img)
 
 
@@ -278,26 +278,37 @@ def _tiny_recipe(tmp_path, **prune):
     return load_recipe(tmp_path / "r.yaml")
 
 
+SUMMARY_KEYS = ["model", "importance", "ratio", "global", "scope", "round_to", "iterative_steps", "max_layer_ratio",
+                "ratio_by_module", "ignore", "img_res", "before", "after", "params_kept", "macs_kept",
+                "min_keep_fraction", "min_keep_layer", "widths", "calibration_batches", "build_seconds",
+                "prune_seconds", "notes"]
+
+
 def test_run_prune_writes_a_reloadable_run(tmp_path):
-    from compress.checkpoint import load_checkpoint
+    from compress.checkpoint import load_checkpoint, read_checkpoint_file
 
     recipe = _tiny_recipe(tmp_path)
-    summary = run_prune(recipe, out_dir=tmp_path / "runs" / "tiny_p1")
+    p1 = run_prune(recipe, out_dir=tmp_path / "runs" / "tiny_p1")
     run = tmp_path / "runs" / "tiny_p1"
     assert (run / "recipe.yaml").is_file() and (run / "pruned.pt").is_file()
     on_disk = json.loads((run / "metrics" / "prune_summary.json").read_text())
-    assert on_disk["after"]["params_total"] == summary["after"]["params_total"] < summary["before"]["params_total"]
+    assert list(on_disk) == SUMMARY_KEYS + ["checkpoint", "parent"] and on_disk == p1.to_json()
+    assert on_disk["after"]["params_total"] == p1.result.after.params_total < p1.result.before.params_total
+    assert on_disk["checkpoint"] == str(run / "pruned.pt") and on_disk["parent"] == str(tmp_path / "base.pt")
+    # the checkpoint's record: the summary without the widths (the checkpoint stores its own) and the run's paths
+    record = read_checkpoint_file(run / "pruned.pt")["prune"]
+    assert record == {k: v for k, v in on_disk.items() if k not in ("widths", "checkpoint", "parent")}
     assert os.readlink(tmp_path / "runs" / "latest") == "tiny_p1"
     model, meta = load_checkpoint(run / "pruned.pt")
     assert meta["parent"] == str(tmp_path / "base.pt")
-    assert sum(p.numel() for p in model.parameters()) == summary["after"]["params_total"]
+    assert sum(p.numel() for p in model.parameters()) == p1.result.after.params_total
     # P2 from the P1 run directory composes and records its parent
     from compress.recipe import load_recipe
 
     p2 = load_recipe(tmp_path / "r.yaml", overrides=[f"prune.from={run}", "name=tiny_p2"])
     s2 = run_prune(p2, out_dir=tmp_path / "runs" / "tiny_p2")
-    assert s2["before"]["params_total"] == summary["after"]["params_total"]
-    assert s2["parent"] == str(run / "pruned.pt")
+    assert s2.result.before.params_total == p1.result.after.params_total
+    assert s2.parent == str(run / "pruned.pt")
     assert os.readlink(tmp_path / "runs" / "latest") == "tiny_p2"
 
 
@@ -340,10 +351,10 @@ def test_prune_to_a_parameter_budget(img):
     spec = PruneSpec(target=PruneTarget(params_ratio=0.6))
     pruned, summary = prune_model(model, spec, img)
     total = sum(p.numel() for p in pruned.parameters())
-    assert total <= 0.6 * 41_693 and summary["target"]["reached"] == total
+    assert total <= 0.6 * 41_693 and summary.target.reached == total
     # the smallest such ratio: a little less pruning would exceed the budget
-    _, looser = prune_model(model, {"ratio": summary["ratio"] - 0.02}, img)
-    assert looser["after"]["params_total"] > 0.6 * 41_693
+    _, looser = prune_model(model, {"ratio": summary.ratio - 0.02}, img)
+    assert looser.after.params_total > 0.6 * 41_693
     with pytest.raises(UserError, match="out of reach"):
         prune_model(model, PruneSpec(target=PruneTarget(params=100)), img)
 
@@ -354,8 +365,8 @@ def test_logits_mode_prunes_through_the_classifier(img):
     _randomise_bn(model)
     for ratio, expected in ((0.3, 2_975_371), (0.5, 1_581_361)):
         pruned, summary = prune_model(model, {"ratio": ratio}, img, track_channels=True)
-        assert summary["after"]["params_total"] == expected
-        assert summary["after"]["features"] == int(1000 * (1 - ratio))
+        assert summary.after.params_total == expected
+        assert summary.after.features == int(1000 * (1 - ratio))
         assert_soft_mask_equivalent(model, pruned, summary, img)
 
 
@@ -371,9 +382,9 @@ def test_params_target_lands_within_half_a_percent_below_the_seed_size():
     small = torch.zeros(1, 3, 32, 32)
     pruned, summary = prune_model(model, PruneSpec(target=PruneTarget(params=3_131_853)), small)
     total = sum(p.numel() for p in pruned.parameters())
-    assert total == summary["target"]["achieved"] == 3_131_851
-    assert 0 <= summary["target"]["gap_percent"] < 0.5 and summary["target"]["deterministic"]
-    assert any("deterministic" in n for n in summary["notes"])
+    assert total == summary.target.achieved == 3_131_851
+    assert 0 <= summary.target.gap_percent < 0.5 and summary.target.deterministic
+    assert any("deterministic" in n for n in summary.notes)
 
 
 def test_macs_target_lands_within_half_a_percent_below(img):
@@ -381,11 +392,11 @@ def test_macs_target_lands_within_half_a_percent_below(img):
 
     model = create_model("hmr_tiny", img_res=RES)
     _, summary = prune_model(model, PruneSpec(target=PruneTarget(macs_ratio=0.5)), img)
-    budget, achieved = summary["target"]["budget"], summary["after"]["macs"]
-    assert budget == summary["before"]["macs"] // 2
+    budget, achieved = summary.target.budget, summary.after.macs
+    assert budget == summary.before.macs // 2
     assert 0.995 * budget <= achieved <= budget
     # the plain bisection stopped 0.54% below; the fill-up gave channels back
-    assert any("given back channels" in n for n in summary["notes"])
+    assert any("given back channels" in n for n in summary.notes)
 
 
 def test_cli_refuses_ratio_and_target_together(tmp_path):
@@ -444,7 +455,7 @@ def _fake_timers(monkeypatch):
 
         out = {}
         for key, m in models.items():
-            ms = 1e-6 * cost(m, torch.zeros(1, 3, img_res, img_res))["macs"]
+            ms = 1e-6 * cost(m, torch.zeros(1, 3, img_res, img_res)).macs
             out[key] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "repeats": 3, "samples_ms": [ms] * 3}
         return out
 
@@ -462,17 +473,17 @@ def test_latency_lut_is_built_cached_and_reused(tmp_path, monkeypatch, img):
     pruned, first = prune_model(model, spec, img, lut_dir=tmp_path / "cache", lut_copy=tmp_path / "run" / "lut.json")
     files = list((tmp_path / "cache").glob("hmr_tiny_r64_b1_cpu_1t_*.json"))
     assert len(files) == 1 and (tmp_path / "run" / "lut.json").is_file()
-    target = first["target"]
-    assert calls and target["lut_measured"] == target["lut_entries"] > 0 and target["lut_loaded"] == 0
-    assert target["met"] and target["measured_ms"] <= 0.6 * target["baseline_ms"]
-    assert all(w % 8 == 0 for _, w in target["groups"].values())
+    target = first.target
+    assert calls and target.lut_measured == target.lut_entries > 0 and target.lut_loaded == 0
+    assert target.met and target.measured_ms <= 0.6 * target.baseline_ms
+    assert all(w % 8 == 0 for _, w in target.groups.values())
     entries = json.loads(files[0].read_text())["entries"]
-    assert len(entries) == target["lut_entries"]
+    assert len(entries) == target.lut_entries
     calls.clear()
     _, second = prune_model(model, spec, img, lut_dir=tmp_path / "cache")
-    assert calls == [] and second["target"]["lut_loaded"] == len(entries)  # read from the file, nothing timed
-    assert second["target"]["groups"] == target["groups"]
-    assert "predicted" in " ".join(second["notes"]) and "measured" in " ".join(second["notes"])
+    assert calls == [] and second.target.lut_loaded == len(entries)  # read from the file, nothing timed
+    assert second.target.groups == target.groups
+    assert "predicted" in " ".join(second.notes) and "measured" in " ".join(second.notes)
 
 
 def test_keep_widths_cuts_each_group_to_its_width_and_stays_equivalent(img):
@@ -490,6 +501,6 @@ def test_keep_widths_cuts_each_group_to_its_width_and_stays_equivalent(img):
         layer = pruned.get_submodule(root)
         assert (layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features) == width, root
     untouched = [g.root for g in groups if g.root not in keep]
-    assert all(summary["widths"].get(r, {"after": [0, -1]})["after"][1] in (-1, g.width)
+    assert all(summary.widths.get(r, {"after": [0, -1]})["after"][1] in (-1, g.width)
                for g in groups for r in [g.root] if r in untouched)
     assert_soft_mask_equivalent(model, pruned, summary, img)
