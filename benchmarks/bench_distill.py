@@ -17,7 +17,7 @@ from pathlib import Path
 from compress.errors import UserError
 from compress.report import checkpoint_metrics
 from compress.report.recovery import TITLES, Recovery
-from compress.runs import read_meta
+from compress.runs import FINETUNED, PRUNED, read_meta
 from compress.train import run_finetune
 
 METRIC = "mpjpe_mm"
@@ -33,9 +33,9 @@ def finetune_all(run: Path, out: Path, *, epochs: int, seeds: list[int], kd_set:
     for seed in seeds:
         for variant, extra in (("kd", kd_set), ("none", ["finetune.distill=null"])):
             dest = out / f"{variant}_s{seed}"
-            if not (dest / "finetuned.pt").is_file():
+            if not (dest / FINETUNED).is_file():
                 run_finetune(run, epochs=epochs, overrides=[f"finetune.seed={seed}", *extra], out_dir=dest)
-            results[(variant, seed)] = _metrics_3d(checkpoint_metrics(dest / "finetuned.pt"))
+            results[(variant, seed)] = _metrics_3d(checkpoint_metrics(dest / FINETUNED))
     return results
 
 
@@ -54,7 +54,8 @@ def report(results: dict, base: dict[str, float], pruned: dict[str, float], seed
               + _share(mean, base, pruned, titles))
     diffs = [results[("kd", s)][t] - results[("none", s)][t] for s in seeds for t in titles]
     wins = sum(d < 0 for d in diffs)
-    print(f"kd - none: {wins} of {len(diffs)} comparisons lower with the teacher; mean {sum(diffs) / len(diffs):+.1f} mm")
+    print(f"kd - none: {wins} of {len(diffs)} comparisons lower with the teacher; "
+          f"mean {sum(diffs) / len(diffs):+.1f} mm")
 
 
 def _share(m: dict, base: dict, pruned: dict, titles: list[str]) -> str:
@@ -73,10 +74,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     run = Path(args.run)
-    baseline = Path(args.baseline or read_meta(run / "pruned.pt").get("parent") or "")
+    baseline = Path(args.baseline or read_meta(run / PRUNED).get("parent") or "")
     if not baseline.is_file():
         raise UserError(f"baseline checkpoint not found ({baseline}): pass --baseline")
-    base, pruned = _metrics_3d(checkpoint_metrics(baseline)), _metrics_3d(checkpoint_metrics(run / "pruned.pt"))
+    base, pruned = _metrics_3d(checkpoint_metrics(baseline)), _metrics_3d(checkpoint_metrics(run / PRUNED))
     if not base or not pruned:
         raise UserError("the baseline and pruned.pt need recorded metrics (run `compress prune --eval`)")
     results = finetune_all(run, Path(args.out), epochs=args.epochs, seeds=args.seeds, kd_set=args.kd_set)

@@ -33,7 +33,7 @@ VIRTUAL_ROOT = "(unpruned start)"
 
 
 def _named(path: Path, stage_file: str) -> bool:
-    """The file is a stage file of that kind (pruned.pt, or a name starting with its stem)."""
+    """The file is a stage file of that kind (its name starts with the stage file's stem)."""
     return path.name.startswith(Path(stage_file).stem)
 
 
