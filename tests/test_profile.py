@@ -1,4 +1,4 @@
-"""Profiling: memory estimate and measurement agree in order of magnitude, the cache is reused, latency stats."""
+"""Profiling: the memory estimate worked out by hand, measured memory that follows it, the cache, latency stats."""
 import json
 
 import pytest
@@ -28,11 +28,24 @@ def test_training_estimate_exceeds_inference_and_scales_with_batch():
     assert train16 > train4
 
 
-def test_measured_training_peak_is_positive_and_near_the_estimate(tiny_ckpt):
-    measured = profile.measured_peak_memory_mb(str(tiny_ckpt), img_res=64, batch_size=32, train=True)
-    estimate = profile.estimate_memory_mb(create_model("hmr_tiny", img_res=64), img_res=64, batch_size=32, train=True)
-    assert measured > 0
-    assert 0.2 < measured / estimate < 10  # same order of magnitude (allocator overhead differs)
+def test_memory_estimate_of_one_convolution_worked_out_by_hand():
+    """Conv2d(3 -> 8, 3x3) on (2, 3, 16, 16): 224 parameters = 896 bytes; the input is 6,144 bytes, the output
+    16,384. Inference: weights + the input/output pair. Training: weights, gradients and two Adam moments (4x),
+    plus what autograd saves for backward (the input and the weight)."""
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1))
+    assert profile.estimate_memory_mb(conv, img_res=16, batch_size=2, train=False) * 2**20 == 896 + 6144 + 16384
+    assert profile.estimate_memory_mb(conv, img_res=16, batch_size=2, train=True) * 2**20 == 4 * 896 + 6144 + 864
+
+
+def test_measured_training_peak_grows_with_the_batch_like_the_estimate(tiny_ckpt):
+    """The measured peak (a training step in a fresh process) grows from batch 1 to 32 by about what the estimate's
+    activations grow (measured here: 23-29 MB against 16.7 MB estimated; RSS also holds allocator slack)."""
+    measured = {b: profile.measured_peak_memory_mb(str(tiny_ckpt), img_res=64, batch_size=b, train=True)
+                for b in (1, 32)}
+    model = create_model("hmr_tiny", img_res=64)
+    estimate = {b: profile.estimate_memory_mb(model, img_res=64, batch_size=b, train=True) for b in (1, 32)}
+    grown, expected = measured[32] - measured[1], estimate[32] - estimate[1]
+    assert 0.5 * expected < grown < 4 * expected, (measured, estimate)
 
 
 def test_interleaved_latency_reports_every_model():
