@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from compress.data.synthetic import generate_root
+from compress.eval.protocols import evaluate_into_run
+from compress.prune import run_prune
+from compress.recipe import load_recipe
 from compress.report import run_report
+from compress.runs import FINETUNED, PRUNED, TRAINED
+from compress.train import run_finetune, run_train
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +81,6 @@ def run_demo(
     progress: Callable[[str], Callable] | None = None,
 ) -> dict:
     """Run (or resume) the demo pipeline; returns the report rows and where the outputs are."""
-    from compress.data.synthetic import generate_root
-    from compress.recipe import load_recipe
-    from compress.train import run_finetune, run_train
-
     size = QUICK if quick else DEFAULT
     out = Path(out) / ("quick" if quick else "default")
     if force and out.exists():
@@ -89,38 +91,34 @@ def run_demo(
     bar = progress or (lambda label: None)
 
     base = out / "mbv2_baseline"
-    if not (base / "trained.pt").exists():
+    if not (base / TRAINED).exists():
         recipe = load_recipe(RECIPES / "mbv2_baseline.yaml",
                              common + _schedule("train", size, size.train_epochs, size.train_steps), env=False)
         run_train(recipe, out_dir=base, resume=True, progress=bar("train baseline"))
-    p1 = _prune_and_finetune("mbv2_p1", out, base / "trained.pt", base / "trained.pt", common, size,
+    p1 = _prune_and_finetune("mbv2_p1", out, base / TRAINED, base / TRAINED, common, size,
                              size.ft_epochs[0], bar)
     # the same pruned model fine-tuned for as long without the teacher: what distillation adds
     p1_plain = out / "mbv2_p1_nokd"
-    if not (p1_plain / "finetuned.pt").exists():
+    if not (p1_plain / FINETUNED).exists():
         run_finetune(p1, epochs=size.ft_epochs[0], overrides=["finetune.distill=null"], out_dir=p1_plain,
                      resume=True, progress=bar("finetune mbv2_p1 without distillation"))
-    p2 = _prune_and_finetune("mbv2_p2", out, p1, base / "trained.pt", common, size, size.ft_epochs[1], bar)
+    p2 = _prune_and_finetune("mbv2_p2", out, p1, base / TRAINED, common, size, size.ft_epochs[1], bar)
     # interleave: all rows timed in alternation, so a busy machine slows every row alike
-    rows, md = run_report([p2, p1, p1_plain], baseline=base / "trained.pt", fmt="md", plots=out / "plots",
+    rows, md = run_report([p2, p1, p1_plain], baseline=base / TRAINED, fmt="md", plots=out / "plots",
                           runs_dir=out, interleave=True)
     return {"rows": rows, "markdown": md, "out": str(out), "data_root": str(root)}
 
 
 def _prune_and_finetune(name, out, start, teacher, common, size, epochs, bar) -> Path:
-    from compress.eval.protocols import evaluate_into_run
-    from compress.prune import run_prune
-    from compress.recipe import load_recipe
-    from compress.train import run_finetune
 
     run = out / name
-    if not (run / "pruned.pt").exists():
+    if not (run / PRUNED).exists():
         overrides = common + [f"prune.from={start}", f"finetune.distill.teacher={teacher}"]
         overrides += [f"finetune.distill.{k}={v}" for k, v in DISTILL_WEIGHTS.items()]
         overrides += _schedule("finetune", size, epochs, size.ft_steps)
         recipe = load_recipe(RECIPES / f"{name}.yaml", overrides, env=False)
         pruned = run_prune(recipe, out_dir=run)
         evaluate_into_run(pruned.checkpoint, recipe)  # accuracy right after pruning, before fine-tuning
-    if not (run / "finetuned.pt").exists():
+    if not (run / FINETUNED).exists():
         run_finetune(run, epochs=epochs, resume=True, progress=bar(f"finetune {name}"))
     return run
