@@ -275,6 +275,7 @@ def _print_summary(title: str, result: dict) -> None:
 
 
 def _print_prune_summary(run) -> None:
+    """Params/MACs before and after, the settings and the notes of a compress.prune.PruneRun."""
     from rich.table import Table
 
     result = run.result

@@ -56,7 +56,7 @@ def prune_to_budget(model: nn.Module, spec: PruneSpec, example_inputs: torch.Ten
 
     def attempt(ratio: float) -> Optional[tuple[nn.Module, PruneResult]]:
         try:
-            return prune_channels(model, dataclasses.replace(spec, ratio=ratio, target=None), example_inputs,
+            return prune_channels(model, dataclasses.replace(spec, ratio=ratio), example_inputs,
                                   options=options)
         except UserError as exc:  # a ratio that empties a layer is simply too high
             log.info("target search: ratio %.4f refused (%s)", ratio, exc)
