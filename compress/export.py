@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress.profile import load_any
+
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("rotmat", "betas", "cam")
@@ -41,8 +43,6 @@ class _OutputsAsTuple(nn.Module):
 def _load(model_or_ckpt) -> nn.Module:
     if isinstance(model_or_ckpt, nn.Module):
         return model_or_ckpt
-    from compress.profile import load_any
-
     model, _ = load_any(str(model_or_ckpt))
     return model
 

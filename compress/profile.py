@@ -3,26 +3,31 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from compress.checkpoint import load_checkpoint
 from compress.io import atomic_write_json
-from compress.prune.cost import MACS_COUNTER, count_macs  # the one MAC counter and its caption
+from compress.latency import ab_latency
+from compress.models import create_model, parameter_split
+from compress.prune.cost import (  # the one MAC counter and its caption
+    MACS_COUNTER,
+    count_macs,
+)
+from compress.runs import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def load_any(target: str, **overrides) -> tuple[nn.Module, dict]:
     """A zoo model name or a checkpoint path -> (model, meta)."""
-    from compress.models import create_model
-
     if Path(target).suffix in (".pt", ".pth") or Path(target).is_dir() or Path(target).exists():
-        from compress.checkpoint import load_checkpoint
-        from compress.runs import resolve_checkpoint
-
         return load_checkpoint(resolve_checkpoint(target), **overrides)
     return create_model(target, **overrides), {}
 
@@ -59,8 +64,6 @@ def _stages(model: nn.Module):
 
 def model_info(target: str, **overrides) -> dict:
     """Everything `compress info` prints, as the JSON contract of DESIGN.md."""
-    from compress.models import parameter_split
-
     model, meta = load_any(target, **overrides)
     split = parameter_split(model)
     img_res = int(getattr(model, "img_res", 224))
@@ -89,8 +92,6 @@ def interleaved_latency(
     Each entry: median and 10/90th percentile in ms over `repeats` runs after `warmup` runs (the timer is
     compress.latency.ab_latency, which the latency-targeted pruning uses too).
     """
-    from compress.latency import ab_latency
-
     stats = ab_latency(models, img_res=img_res, batch=batch_size, device=device, warmup=warmup, repeats=repeats)
     extra = {"batch": batch_size, "threads": torch.get_num_threads(), "device": str(device)}
     return {k: {n: v for n, v in s.items() if n != "samples_ms"} | extra for k, s in stats.items()}
@@ -163,9 +164,6 @@ def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, t
     peak resident set size across the step (so earlier work in this process does not count). Both add the
     model's own weights (parameters and buffers), which were allocated before the step.
     """
-    import subprocess
-    import sys
-
     code = (
         "import json;from compress.profile import _step_peak;"
         f"print(json.dumps(_step_peak({str(checkpoint)!r},{img_res},{batch_size},{train},{str(device)!r})))"
@@ -204,8 +202,6 @@ class _RssPeak:
     """
 
     def __enter__(self):
-        import threading
-
         self.base = _proc_status_kb("VmRSS")
         self.hwm_reset = _reset_hwm()
         self.samples = [self.base]
@@ -324,8 +320,6 @@ def profile_checkpoint(
 
 
 def _profile_model(model, path, *, img_res, device, batch_sizes, repeats) -> dict:
-    from compress.models import parameter_split
-
     split = parameter_split(model)
     latency = {f"b{b}": measure_latency(model, img_res=img_res, batch_size=b, device=device, repeats=repeats)
                for b in batch_sizes}

@@ -22,11 +22,17 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
+import yaml
 from torch import nn
 
+from compress.checkpoint import load_checkpoint
+from compress.constants import EVAL_DATASETS
 from compress.errors import UserError
+from compress.eval.protocols import evaluate
+from compress.io import atomic_write_text, finite_json
 from compress.prune import IMPORTANCES, PruneResult, cost, prune_model
 from compress.recipe import PruneSpec
+from compress.runs import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +109,6 @@ def _check_ratios(ratios: Iterable[float]) -> list[float]:
 
 
 def _check_datasets(datasets: Sequence[str]) -> list[str]:
-    from compress.constants import EVAL_DATASETS
-
     keys = list(dict.fromkeys(datasets))
     valid = [k for k in EVAL_DATASETS if k != "lsp"]
     bad = [k for k in keys if k not in valid]
@@ -169,11 +173,6 @@ def run_sensitivity(
     `suggest_ratios(results, budget_ratio=...)` under "suggested". progress(done, total, info) after every
     evaluation. Ratios of 0 are dropped (the baseline is always evaluated). Returns what sensitivity.json holds.
     """
-    from compress.checkpoint import load_checkpoint
-    from compress.io import atomic_write_text, finite_json
-    from compress.runs import resolve_checkpoint
-    from compress.eval.protocols import evaluate
-
     ratios = _check_ratios(ratios)
     datasets = _check_datasets(datasets)
     _check_options(importance=importance, rank_by=rank_by, subset=subset, budget_ratio=budget_ratio, ratios=ratios)
@@ -390,10 +389,6 @@ def weighted_mean_ratio(results: Mapping, ratios: Mapping[str, float]) -> float:
 
 def recipe_snippet(ratios: Mapping[str, float], *, budget_ratio: float, importance: str = "l2") -> str:
     """A YAML `prune:` section taking the suggested per-module ratios (unlisted modules get `ratio`)."""
-    import yaml
-
-    from compress.recipe import PruneSpec
-
     section = {"importance": importance, "ratio": budget_ratio, "ratio_by_module": dict(ratios)}
     top = max([budget_ratio, *ratios.values()])
     if top > PruneSpec().max_layer_ratio:  # the default per-layer cap would clamp the largest ratios

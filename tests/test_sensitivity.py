@@ -17,7 +17,7 @@ RES = 64
 TINY_UNITS = ["encoder.stem", "encoder.res", "encoder.dw", "encoder.pw", "encoder.down", "fc1", "fc2"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def root(synth_root):
     return synth_root
 

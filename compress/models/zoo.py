@@ -9,8 +9,8 @@ from typing import Callable
 
 from torch import nn
 
+import compress.models.encoders as encoders
 from compress.errors import UserError
-from compress.models import encoders
 from compress.models.hmr import HMR, IEFModel, SeedHMR
 
 

@@ -17,7 +17,7 @@ from compress.losses import loss_weights, spin_loss_fn
 from compress.prune.api import prune_model
 from compress.prune.core import PruneResult
 from compress.recipe import Recipe, TrainSpec, save_recipe
-from compress.runs import point_latest
+from compress.runs import METRICS_DIR, PRUNE_SUMMARY, PRUNED, RECIPE_FILE, point_latest
 from compress.smpl import training_smpl
 from compress.start import load_start_model
 
@@ -84,13 +84,12 @@ def run_prune(recipe: Recipe, *, out_dir: str | Path | None = None) -> PruneRun:
         pruned, result = prune_model(model, spec, example, loss_fn=loss_fn, calibration_batches=batches,
                                      lut_dir=run_dir.parent / ".latency_lut", lut_copy=run_dir / "latency_lut.json")
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, run_dir / "recipe.yaml")
+    save_recipe(recipe, run_dir / RECIPE_FILE)
     record = {k: v for k, v in result.to_json().items() if k != "widths"}  # the checkpoint stores its own widths
-    path = save_checkpoint(pruned, run_dir / "pruned.pt", parent=parent, recipe=recipe, metrics={}, stage="pruned",
+    path = save_checkpoint(pruned, run_dir / PRUNED, parent=parent, recipe=recipe, metrics={}, stage="pruned",
                            prune=record)
     run = PruneRun(result=result, checkpoint=str(path), parent=parent)
-    (run_dir / "metrics").mkdir(exist_ok=True)
-    atomic_write_json(run_dir / "metrics" / "prune_summary.json", run.to_json())
+    atomic_write_json(run_dir / METRICS_DIR / PRUNE_SUMMARY, run.to_json())
     point_latest(run_dir)
     log.info("wrote %s", path)
     return run
