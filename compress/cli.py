@@ -396,6 +396,15 @@ def _add_common(p: argparse.ArgumentParser, *, data: bool = False, recipe_set: b
                        help="override a recipe field, e.g. --set finetune.lr=1e-4 (repeatable)")
 
 
+def _recipe_command(sub, name: str, help_: str, *, example: str) -> argparse.ArgumentParser:
+    """A subcommand that reads a recipe and writes a run directory (train, prune)."""
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("recipe", metavar="RECIPE", help=f"recipe YAML, e.g. {example}")
+    _add_common(p, data=True, recipe_set=True)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compress", description="Prune, fine-tune and evaluate HMR-style 3D human mesh recovery models.")
@@ -443,17 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("train", help="train a baseline HMR for any zoo model (SPIN losses, no discriminator)")
-    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, e.g. recipes/mbv2_baseline.yaml")
-    _add_common(p, data=True, recipe_set=True)
-    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    p = _recipe_command(sub, "train", "train a baseline HMR for any zoo model (SPIN losses, no discriminator)",
+                        example="recipes/mbv2_baseline.yaml")
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prune", help="structured channel pruning from a recipe -> runs/<name>/pruned.pt")
-    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, e.g. recipes/mbv2_p1.yaml")
-    _add_common(p, data=True, recipe_set=True)
-    p.add_argument("--out", default=None, help="run directory (default: runs/<recipe name>)")
+    p = _recipe_command(sub, "prune", "structured channel pruning from a recipe -> runs/<name>/pruned.pt",
+                        example="recipes/mbv2_p1.yaml")
     p.add_argument("--eval", action="store_true",
                    help="also evaluate the pruned model (before fine-tuning) on the recipe's eval datasets")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -18,42 +18,20 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
 
 SCRIPT = textwrap.dedent('''
-    import sys, types
+    import sys
     import torch
     from torch import nn
+    sys.path.insert(0, sys.argv[2])  # tests/, for the stand-ins shared with test_train.py
+    from fakes import RES, FakeSMPL, ToyData
     from compress.models import create_model
     from compress.distributed import init_distributed, set_sync_batchnorm
     from compress.recipe import TrainSpec
     from compress.train import FitOptions, fit, loader_factory, make_state
 
     torch.set_num_threads(1)
-    RES = 32
-
-    class FakeSMPL(nn.Module):
-        def __init__(self):
-            super().__init__()
-            g = torch.Generator().manual_seed(0)
-            self.register_buffer("w", torch.randn(24 * 9 + 10, 49 * 3, generator=g) * 0.02)
-        def forward(self, rotmat, betas):
-            j = (torch.cat([rotmat.flatten(1), betas], 1) @ self.w).view(-1, 49, 3)
-            return types.SimpleNamespace(vertices=j, joints=j)
-
-    class ToyData(torch.utils.data.Dataset):
-        def __init__(self, n=24):
-            g = torch.Generator().manual_seed(1)
-            self.img = torch.randn(n, 3, RES, RES, generator=g)
-            self.kp = torch.rand(n, 49, 3, generator=g) * 2 - 1
-            self.kp[:, :, 2] = 1
-            self.p3 = torch.randn(n, 24, 4, generator=g) * 0.2
-            self.p3[:, :, 3] = 1
-            self.pose = torch.randn(n, 72, generator=g) * 0.2
-        def __len__(self):
-            return len(self.img)
-        def __getitem__(self, i):
-            return {"img": self.img[i], "keypoints": self.kp[i], "pose_3d": self.p3[i], "has_pose_3d": torch.tensor(1.),
-                    "pose": self.pose[i], "betas": torch.zeros(10), "has_smpl": torch.tensor(1.)}
 
     spec = TrainSpec(lr=1e-3, amp=False)
     info = init_distributed()
@@ -63,7 +41,7 @@ SCRIPT = textwrap.dedent('''
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     state = make_state(model, FakeSMPL(), spec, img_res=RES, device=torch.device("cpu"), info=info)
-    make_loader = loader_factory(ToyData(), batch_size=8, workers=0, seed=0, info=info)
+    make_loader = loader_factory(ToyData(24), batch_size=8, workers=0, seed=0, info=info)
     summary = fit(state, make_loader, FitOptions(epochs=2, steps_per_epoch=2))
     set_sync_batchnorm(state.model, False)
     torch.save({"state_dict": state.model.state_dict(), "loss": summary["total"], "steps": state.step},
@@ -86,8 +64,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     script = tmp_path / "ddp_worker.py"
     script.write_text(SCRIPT)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-          str(tmp_path)], tmp_path)
-    _run([sys.executable, str(script), str(tmp_path)], tmp_path)
+          str(tmp_path), str(TESTS)], tmp_path)
+    _run([sys.executable, str(script), str(tmp_path), str(TESTS)], tmp_path)
     r0, r1, single = (torch.load(tmp_path / name, weights_only=True)
                       for name in ("rank0_of2.pt", "rank1_of2.pt", "rank0_of1.pt"))
     assert r0["steps"] == r1["steps"] == single["steps"] == 4

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import types
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from fakes import EPOCH, RES, FakeSMPL, ToyData
 
 from compress.errors import UserError
 from compress.models import create_model
@@ -16,45 +17,7 @@ from compress.runs import LAST
 from compress.recipe import TrainSpec
 from compress.train import FitOptions, LRFactor, fit, load_train_state, make_state, train_one_epoch
 
-RES = 32
-
-
-class FakeSMPL(nn.Module):
-    """A fixed linear map (rotmat, betas) -> 49 joints, standing in for SMPL in loop tests."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.register_buffer("w", torch.randn(24 * 9 + 10, 49 * 3, generator=g) * 0.02)
-
-    def forward(self, rotmat, betas):
-        joints = (torch.cat([rotmat.flatten(1), betas], 1) @ self.w).view(-1, 49, 3)  # (B, 49, 3)
-        return types.SimpleNamespace(vertices=joints, joints=joints)
-
-
-class ToyData(torch.utils.data.Dataset):
-    def __init__(self, n: int = 16, *, nan_from: int | None = None) -> None:
-        g = torch.Generator().manual_seed(1)
-        self.img = torch.randn(n, 3, RES, RES, generator=g)
-        self.kp = torch.rand(n, 49, 3, generator=g) * 2 - 1
-        self.kp[:, :, 2] = 1
-        self.p3 = torch.randn(n, 24, 4, generator=g) * 0.2
-        self.p3[:, :, 3] = 1
-        self.pose = torch.randn(n, 72, generator=g) * 0.2
-        self.nan_from = nan_from
-
-    def __len__(self) -> int:
-        return len(self.img)
-
-    def __getitem__(self, i):
-        kp = self.kp[i].clone()
-        if self.nan_from is not None and _EPOCH[0] >= self.nan_from:  # a bad sample from that epoch on
-            kp[25, 0] = float("nan")
-        return {"img": self.img[i], "keypoints": kp, "pose_3d": self.p3[i], "has_pose_3d": torch.tensor(1.0),
-                "pose": self.pose[i], "betas": torch.zeros(10), "has_smpl": torch.tensor(float(i % 2))}
-
-
-_EPOCH = [0]
+_EPOCH = EPOCH
 
 
 def _loader_factory(data, batch=4):
@@ -230,8 +193,7 @@ import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from compress.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from compress.recipe import (DataSpec, DistillSpec, EvalSpec, ModelSpec, Recipe, TrainSpec,  # noqa: E402
-                             save_recipe)
+from compress.recipe import (DataSpec, DistillSpec, EvalSpec, ModelSpec, Recipe, save_recipe)
 from compress.train import run_finetune, run_train  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
