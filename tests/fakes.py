@@ -25,10 +25,10 @@ class FakeSMPL(nn.Module):
 
 
 class ToyData(torch.utils.data.Dataset):
-    """n seeded items at RES px; every other one has SMPL targets. With nan_from, a keypoint is NaN from that
-    epoch on (a bad sample)."""
+    """n seeded items at RES px; every other one has SMPL targets (every one with all_smpl). With nan_from, a
+    keypoint is NaN from that epoch on (a bad sample)."""
 
-    def __init__(self, n: int = 16, *, nan_from: int | None = None) -> None:
+    def __init__(self, n: int = 16, *, nan_from: int | None = None, all_smpl: bool = False) -> None:
         g = torch.Generator().manual_seed(1)
         self.img = torch.randn(n, 3, RES, RES, generator=g)
         self.kp = torch.rand(n, 49, 3, generator=g) * 2 - 1
@@ -37,6 +37,7 @@ class ToyData(torch.utils.data.Dataset):
         self.p3[:, :, 3] = 1
         self.pose = torch.randn(n, 72, generator=g) * 0.2
         self.nan_from = nan_from
+        self.all_smpl = all_smpl
 
     def __len__(self) -> int:
         return len(self.img)
@@ -46,4 +47,4 @@ class ToyData(torch.utils.data.Dataset):
         if self.nan_from is not None and EPOCH[0] >= self.nan_from:
             kp[25, 0] = float("nan")
         return {"img": self.img[i], "keypoints": kp, "pose_3d": self.p3[i], "has_pose_3d": torch.tensor(1.0),
-                "pose": self.pose[i], "betas": torch.zeros(10), "has_smpl": torch.tensor(float(i % 2))}
+                "pose": self.pose[i], "betas": torch.zeros(10), "has_smpl": torch.tensor(1.0 if self.all_smpl else float(i % 2))}
