@@ -328,7 +328,7 @@ def load_state_dict_strict(model: nn.Module, state: dict, *, source: str) -> Non
     if missing or unexpected:
         parts = [f"{len(keys)} {what} key{'s' if len(keys) > 1 else ''} ({_some(keys)})"
                  for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise UserError(f"{source}: does not match {_model_name(model)}: {'; '.join(parts)}")
+        raise UserError(f"{source}: does not match {model_name(model)}: {'; '.join(parts)}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(own[key].shape):
             raise UserError(f"{source}: shape mismatch at {key}: checkpoint {tuple(value.shape)}, "
@@ -336,7 +336,8 @@ def load_state_dict_strict(model: nn.Module, state: dict, *, source: str) -> Non
     model.load_state_dict(state, strict=True)
 
 
-def _model_name(model: nn.Module) -> str:
+def model_name(model: nn.Module) -> str:
+    """The zoo name a model was created with (its class name otherwise)."""
     config = getattr(model, "config", None)
     return config["name"] if isinstance(config, dict) and "name" in config else type(model).__name__
 

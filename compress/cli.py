@@ -212,7 +212,7 @@ def cmd_train(args) -> int:
 
 def cmd_prune(args) -> int:
     recipe = load_recipe_args(args)
-    from compress.prune import run_prune
+    from compress.prune.run import run_prune
 
     run = run_prune(recipe, out_dir=args.out)
     metrics = None
@@ -233,9 +233,10 @@ def cmd_prune(args) -> int:
 
 
 def cmd_finetune(args) -> int:
+    from compress.runs import resolve_run
     from compress.train import run_finetune
 
-    run = resolve_run(args.run)
+    run = resolve_run(args.run)  # --run DIR or NAME, else runs/latest
     # the run's recipe keeps the data root it was made with; only --data (or --set data.root=) changes it
     overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
     with _progress() as bar:
@@ -243,15 +244,6 @@ def cmd_finetune(args) -> int:
                               progress=_train_progress(bar, f"finetune {run.name}"))
     _print_summary("finetune", result)
     return 0
-
-
-def resolve_run(run: str | None) -> Path:
-    """--run DIR, else runs/latest; a clear error when neither exists."""
-    path = Path(run) if run else Path("runs") / "latest"
-    if not path.exists():
-        hint = "run `compress prune RECIPE` first, or pass --run runs/NAME"
-        raise UserError(f"no run at {path}: {hint}")
-    return path.resolve()
 
 
 def _print_summary(title: str, result: dict) -> None:

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from compress.data.synthetic import generate_root
 from compress.eval.protocols import evaluate_into_run
-from compress.prune import run_prune
+from compress.prune.run import run_prune
 from compress.recipe import load_recipe
 from compress.report import run_report
 from compress.runs import FINETUNED, PRUNED, TRAINED

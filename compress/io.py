@@ -57,9 +57,10 @@ def finite_json(obj: Any) -> Any:
     return obj
 
 
-def json_text(obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> str:
-    """Strict JSON text of `obj` (NaN/inf -> null)."""
-    return json.dumps(finite_json(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+def json_text(obj: Any, *, indent: int | None = 2, sort_keys: bool = False,
+              default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON text of `obj` (NaN/inf -> null); `default` converts what JSON has no type for (e.g. str)."""
+    return json.dumps(finite_json(obj), indent=indent, sort_keys=sort_keys, default=default, allow_nan=False)
 
 
 def _umask() -> int:

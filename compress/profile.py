@@ -16,10 +16,7 @@ from compress.checkpoint import load_checkpoint
 from compress.io import atomic_write_json
 from compress.latency import ab_latency
 from compress.models import create_model, parameter_split
-from compress.prune.cost import (  # the one MAC counter and its caption
-    MACS_COUNTER,
-    count_macs,
-)
+from compress.prune.cost import MACS_COUNTER, count_macs  # the one MAC counter and its caption
 from compress.runs import resolve_checkpoint
 
 log = logging.getLogger(__name__)

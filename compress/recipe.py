@@ -28,12 +28,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
 
-from compress.constants import (
-    EVAL_DATASETS,
-    IMAGE_FOLDERS,
-    TRAIN_DATASETS,
-    UPI_S1H_FOLDER,
-)
+from compress.constants import EVAL_DATASETS, IMAGE_FOLDERS, TRAIN_DATASETS, UPI_S1H_FOLDER
 from compress.errors import UserError
 from compress.io import atomic_write_text
 

@@ -30,6 +30,9 @@ LOG_FILE = "log.jsonl"
 RECIPE_FILE = "recipe.yaml"
 METRICS_DIR = "metrics"
 PRUNE_SUMMARY = "prune_summary.json"
+LATENCY_LUT = "latency_lut.json"  # a latency-targeted prune's lookup table, copied into its run
+LUT_CACHE = ".latency_lut"  # the lookup tables shared by the runs of one runs directory
+REPORT_FILE = "report.md"  # `compress report --format md`, in the runs directory
 
 
 def load_run_recipe(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -> Recipe:

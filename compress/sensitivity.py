@@ -15,7 +15,6 @@ negative slope counts as zero loss; ties go to the unit that removes more).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -25,12 +24,13 @@ import torch
 import yaml
 from torch import nn
 
-from compress.checkpoint import load_checkpoint
+from compress.checkpoint import load_checkpoint, model_name
 from compress.constants import EVAL_DATASETS
 from compress.errors import UserError
 from compress.eval.protocols import evaluate
-from compress.io import atomic_write_text, finite_json
+from compress.io import atomic_write_json
 from compress.prune import IMPORTANCES, PruneResult, cost, prune_model
+from compress.prune.cost import is_depthwise
 from compress.recipe import PruneSpec
 from compress.runs import resolve_checkpoint
 
@@ -50,10 +50,6 @@ PLOT_NAME = "sensitivity.png"
 
 def _layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def _is_depthwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
 def prunable_units(model: nn.Module) -> list[str]:
@@ -186,7 +182,7 @@ def run_sensitivity(
         raise UserError(f"sensitivity: not a unit of this model: {', '.join(unknown)}; valid: {', '.join(all_units)}")
     out = Path(out_dir) if out_dir else path.parent / "sensitivity"
     out.mkdir(parents=True, exist_ok=True)  # before the sweep: an unwritable folder fails now, not in an hour
-    depthwise = {n for n, m in model.named_modules() if _is_depthwise(m)}
+    depthwise = {n for n, m in model.named_modules() if is_depthwise(m)}
     example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0))
     example = example.to(next(model.parameters()).device)
     total = 1 + len(chosen) * len(ratios)
@@ -221,7 +217,7 @@ def run_sensitivity(
     base_cost = cost(model, example)
     results = {
         "checkpoint": str(path),
-        "model": getattr(model, "config", {}).get("name", type(model).__name__),
+        "model": model_name(model),
         "img_res": res, "datasets": datasets, "subset": subset, "importance": importance, "ratios": ratios,
         "rank_by": rank_by,
         "baseline": {**base, "params_total": base_cost.params_total, "macs": base_cost.macs,
@@ -235,7 +231,7 @@ def run_sensitivity(
                                 "ratio_by_module": suggest_ratios(results, budget_ratio=budget_ratio)}
     results["plot"] = str(plot_sensitivity(results, out / PLOT_NAME))
     results["json"] = str(out / JSON_NAME)
-    atomic_write_text(out / JSON_NAME, json.dumps(finite_json(results), indent=2, allow_nan=False))  # NaN -> null
+    atomic_write_json(out / JSON_NAME, results)  # strict JSON: NaN -> null
     log.info("sensitivity: wrote %s and %s", results["json"], results["plot"])
     return results
 

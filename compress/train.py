@@ -12,11 +12,9 @@ stream of epoch e does not depend on how the process got there. An epoch checkpo
 model, optimizer, scheduler, scaler, epoch, step, sampler seed/epoch and the RNG states; resuming after a SIGKILL
 re-runs the unfinished epoch and ends with the weights of an uninterrupted run.
 
-DDP (torchrun): the global batch `batch_size` is split evenly over the processes, so a run on N processes takes
-the same optimizer steps as a single process. BatchNorm layers are synchronised across processes for the same
-reason (the batch statistics are those of the global batch); torch's SyncBatchNorm is CUDA-only, so a small
-BatchNorm subclass that all-reduces its moments (differentiably) is swapped in for the run on every backend.
-Dropout draws from per-rank RNG streams (seeded from seed, epoch, rank): with dropout > 0 the ranks see
+DDP (torchrun; the process group, seeding and BatchNorm sync are compress.distributed): the global batch
+`batch_size` is split evenly over the processes, so a run on N processes takes the same optimizer steps as a single
+process. Dropout draws from per-rank RNG streams (seeded from seed, epoch, rank): with dropout > 0 the ranks see
 different masks than a single process would (the weights stay identical across ranks).
 """
 from __future__ import annotations
@@ -46,7 +44,7 @@ from compress.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from compress.models import regressor_parameters
 from compress.losses import (LossWeights, batch_targets, check_finite, compute_losses, distill_losses, loss_values,
                              loss_weights, spin_batch_terms)
-from compress.recipe import TrainSpec, save_recipe
+from compress.recipe import Recipe, TrainSpec, save_recipe
 from compress.runs import (FINETUNED, LAST, LOG_FILE, PRUNED, RECIPE_FILE, RUNS_DIR, TRAINED, chain_root,
                            load_run_recipe, metrics_file, resolve_ref)
 from compress.smpl import training_smpl
@@ -281,7 +279,7 @@ def fit(state: TrainState, make_loader: Callable[[int], Iterable[dict]], opts: F
 # ----------------------------------------------------------------------------------------------- building
 
 
-def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def build_optimizer(model: nn.Module, spec: TrainSpec) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Adam over the model's current parameters (built after any load/prune: a pruned model has new parameter
     objects) and SPIN's constant learning rate as a LambdaLR, so the checkpoint always has a scheduler state.
     With spec.warmup_steps the rate rises linearly over the first steps (Adam's first steps on a fresh regressor
@@ -293,7 +291,7 @@ def build_optimizer(model: nn.Module, spec) -> tuple[torch.optim.Optimizer, torc
     return optimizer, scheduler
 
 
-def param_groups(model: nn.Module, spec) -> list[dict]:
+def param_groups(model: nn.Module, spec: TrainSpec) -> list[dict]:
     """One group at spec.lr; with spec.encoder_lr, the regressor (model.regressor_names) first at spec.lr and the
     encoder second at encoder_lr."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -331,14 +329,14 @@ def set_total_steps(scheduler, total: int) -> None:
                 group["lr"] = base * factor(scheduler.last_epoch)
 
 
-def amp_dtype(spec, device: torch.device) -> torch.dtype | None:
+def amp_dtype(spec: TrainSpec, device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU supports it, else fp16 (with a GradScaler); None (fp32) on CPU or with amp off."""
     if not spec.amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def make_state(model: nn.Module, smpl: nn.Module, spec, *, img_res: int, device: torch.device, info: DistInfo,
+def make_state(model: nn.Module, smpl: nn.Module, spec: TrainSpec, *, img_res: int, device: torch.device, info: DistInfo,
                teacher: nn.Module | None = None, distill: bool = True) -> TrainState:
     """Move everything to the device, set up AMP / channels-last / compile / DDP, and the optimizer."""
     model = model.to(device)
@@ -398,7 +396,7 @@ def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: D
 # ----------------------------------------------------------------------------------------------- entry points
 
 
-def run_train(recipe, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
+def run_train(recipe: Recipe, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
               progress: Progress | None = None) -> dict:
     """`compress train`: a baseline for recipe.model (from scratch, ImageNet weights, or model.checkpoint) with
     recipe.train; writes runs/NAME/{recipe.yaml, trained.pt, last.pt, log.jsonl, metrics/trained.json}."""
@@ -435,7 +433,7 @@ def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overr
                 progress=progress)
 
 
-def load_teacher(spec, *, pruned_meta: dict, run_dir: Path) -> nn.Module | None:
+def load_teacher(spec: TrainSpec, *, pruned_meta: dict, run_dir: Path) -> nn.Module | None:
     """The distillation teacher (eval mode, frozen): finetune.distill.teacher, or when it is empty the root of the
     pruned checkpoint's parent chain (the unpruned baseline). None when distillation is off."""
     kd = spec.distill
@@ -460,7 +458,7 @@ def load_teacher(spec, *, pruned_meta: dict, run_dir: Path) -> nn.Module | None:
     return teacher.eval()
 
 
-def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: str, epochs: int, out_name: str,
+def _run(recipe: Recipe, spec: TrainSpec, model: nn.Module, *, run_dir: Path, phase: str, stage: str, epochs: int, out_name: str,
          parent: str | None, teacher: nn.Module | None, resume: bool, progress: Progress | None) -> dict:
     """The part train and finetune share: DDP setup, resume, fit, evaluation, final checkpoint."""
     info = init_distributed()
@@ -506,7 +504,7 @@ def _run(recipe, spec, model: nn.Module, *, run_dir: Path, phase: str, stage: st
             dist.destroy_process_group()
 
 
-def _finish(model: nn.Module, recipe, *, run_dir: Path, out_name: str, stage: str, parent: str | None, epochs: int,
+def _finish(model: nn.Module, recipe: Recipe, *, run_dir: Path, out_name: str, stage: str, parent: str | None, epochs: int,
             summary: dict, device: torch.device, distill: bool) -> dict:
     """Evaluate on recipe.eval, write metrics/<stem>.json and the stage checkpoint (rank 0 only)."""
     model.eval()

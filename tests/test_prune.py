@@ -21,7 +21,8 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.models import create_model
-from compress.prune import prune_model, run_prune, time_limit
+from compress.prune import prune_model, time_limit
+from compress.prune.run import run_prune
 
 torch.set_num_threads(1)
 RES = 64

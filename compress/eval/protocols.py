@@ -27,26 +27,14 @@ import torch
 from torch import nn
 
 from compress.checkpoint import load_checkpoint
-from compress.constants import (
-    EVAL_DATASETS,
-    H36M_TO_J14,
-    H36M_TO_J17,
-    IMG_RES,
-    J24_TO_J14,
-    J24_TO_J17,
-    UPI_S1H_FOLDER,
-)
+from compress.constants import (EVAL_DATASETS, H36M_TO_J14, H36M_TO_J17, IMG_RES, J24_TO_J14, J24_TO_J17,
+                                UPI_S1H_FOLDER)
 from compress.data.datasets import BaseDataset
 from compress.errors import UserError
 from compress.eval.metrics import LspSegmentation, mpjpe, pa_mpjpe, pve
 from compress.eval.render import load_face_labels, render_parts, uncrop
 from compress.geometry import rotmat_to_axis_angle
-from compress.io import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    json_text,
-)
+from compress.io import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text
 from compress.runs import metrics_file
 from compress.smpl import SMPL
 

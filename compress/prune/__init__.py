@@ -9,20 +9,21 @@ Modules, each importing only those listed before it:
 - budget.py    params / MACs targets: ratio bisection, then fill-up (calls core.prune_channels)
 - latency.py   latency targets: LUT-based selection checked by A/B timing (calls core.prune_channels)
 - api.py       `prune_model`: dispatches to core, budget or latency
-- run.py       `run_prune`: the `compress prune` command (start model, Taylor calibration, run directory)
+- run.py       `run_prune`: the `compress prune` command (start model, Taylor calibration, run directory);
+               import it from compress.prune.run
 """
 from compress.prune.api import prune_model
 from compress.prune.budget import BudgetOutcome, prune_to_budget
-from compress.prune.core import PruneOptions, PruneResult, as_spec, prune_channels
-from compress.prune.cost import MACS_COUNTER, MACS_NOTE, Cost, cost, count_macs, layer_widths
+from compress.prune.core import PruneResult, prune_channels
+from compress.prune.cost import MACS_COUNTER, Cost, cost, count_macs
 from compress.prune.groups import BudgetGroup, budget_groups
 from compress.prune.latency import LatencyOutcome, latency_candidates, prune_to_latency, select_for_latency
-from compress.prune.run import PruneRun, calibration_batches, hmr_loss_fn, run_prune
-from compress.prune.tp_glue import BUILD_TIMEOUT_S, IMPORTANCES, time_limit
+from compress.prune.tp_glue import IMPORTANCES, time_limit
 
+# run.py (`compress prune`: data, SMPL, losses, run directories) is imported from compress.prune.run, so that the
+# library above stays light for its other users (profile, sensitivity)
 __all__ = [
-    "BUILD_TIMEOUT_S", "IMPORTANCES", "MACS_COUNTER", "MACS_NOTE", "BudgetGroup", "BudgetOutcome", "Cost",
-    "LatencyOutcome", "PruneOptions", "PruneResult", "PruneRun", "as_spec", "budget_groups", "calibration_batches",
-    "cost", "count_macs", "hmr_loss_fn", "latency_candidates", "layer_widths", "prune_channels", "prune_model",
-    "prune_to_budget", "prune_to_latency", "run_prune", "select_for_latency", "time_limit",
+    "IMPORTANCES", "MACS_COUNTER", "BudgetGroup", "BudgetOutcome", "Cost", "LatencyOutcome", "PruneResult",
+    "budget_groups", "cost", "count_macs", "latency_candidates", "prune_channels", "prune_model", "prune_to_budget",
+    "prune_to_latency", "select_for_latency", "time_limit",
 ]

@@ -21,6 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from compress.checkpoint import model_name
 from compress.constants import N_ESTIMATE
 from compress.errors import UserError
 from compress.prune.cost import MACS_NOTE, Cost, cost, layer_widths, layer_widths_of, prunable_layers
@@ -267,7 +268,7 @@ def prune_channels(model: nn.Module, spec: PruneSpec, example_inputs: torch.Tens
         notes.append("scope regressor: nothing prunable outside the heads in this model")
     model.train()
     result = PruneResult(
-        model=getattr(model, "config", {}).get("name", type(model).__name__),
+        model=model_name(model),
         importance=spec.importance, ratio=spec.ratio, global_=spec.global_, scope=spec.scope,
         round_to=spec.round_to, iterative_steps=spec.iterative_steps, max_layer_ratio=spec.max_layer_ratio,
         ratio_by_module=dict(spec.ratio_by_module), ignore=list(spec.ignore), img_res=int(example.shape[-1]),

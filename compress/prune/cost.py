@@ -32,6 +32,11 @@ class Cost:
     features: int
 
 
+def is_depthwise(m: nn.Module) -> bool:
+    """A depthwise convolution: one filter per channel, so its input and output channels are one axis."""
+    return isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels
+
+
 def count_macs(model: nn.Module, img_res: Union[int, tuple[int, int]]) -> int:
     """Multiply-accumulates of one forward pass at batch 1 and img_res (or (H, W)), counted on a deep copy."""
     h, w = (img_res, img_res) if isinstance(img_res, int) else img_res

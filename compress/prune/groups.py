@@ -12,7 +12,7 @@ from torch import nn
 
 from compress.latency import ACTIVATIONS, LayerSig
 from compress.prune.core import PruneOptions, as_spec
-from compress.prune.cost import layer_widths_of, prunable_layers
+from compress.prune.cost import is_depthwise, layer_widths_of, prunable_layers
 from compress.prune.tp_glue import build_pruner, calibrate, kept_whole, make_importance, scope_ignored
 from compress.recipe import PruneSpec
 
@@ -61,7 +61,7 @@ def budget_groups(model: nn.Module, spec: PruneSpec | Mapping[str, Any], example
             m = item.dep.target.module
             if not isinstance(m, (nn.Conv2d, nn.Linear)):
                 continue
-            if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels:
+            if is_depthwise(m):
                 axis = "both"  # depthwise: in and out are one axis
             else:
                 axis = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
@@ -150,7 +150,7 @@ class LayerModel:
         m = self.layers[name]
         if isinstance(m, nn.Linear):
             return LayerSig("linear", cin, cout, bias=m.bias is not None)
-        depthwise = 1 < m.groups == m.in_channels == m.out_channels
+        depthwise = is_depthwise(m)
         h, w = self.shapes.get(name, {}).get("hw", [1, 1])
         return LayerSig("conv", cin, cout, tuple(m.kernel_size), tuple(m.stride), tuple(m.padding),
                         tuple(m.dilation), cout if depthwise else m.groups, h, w, m.bias is not None,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from compress import latency as timing  # module access: tests replace its timers
+from compress.checkpoint import model_name
 from compress.errors import UserError
 from compress.prune.core import PruneOptions, PruneResult, min_keep_count, prune_channels
 from compress.prune.groups import BudgetGroup, LayerModel, budget_groups
@@ -163,7 +164,7 @@ def prune_to_latency(model: nn.Module, spec: PruneSpec, example_inputs: torch.Te
     example = example_inputs.to(device)
     res = int(example.shape[-1])
     batch = target.latency_batch
-    name = getattr(model, "config", {}).get("name", type(model).__name__)
+    name = model_name(model)
     meta = {"model": name, "img_res": res, "batch": batch, "device": str(device), "threads": threads,
             "host": timing.host_id(), "torch": torch.__version__}
     lut_path = Path(lut_dir) / timing.lut_filename(meta) if lut_dir else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -17,7 +18,8 @@ from compress.losses import loss_weights, spin_loss_fn
 from compress.prune.api import prune_model
 from compress.prune.core import PruneResult
 from compress.recipe import Recipe, TrainSpec, save_recipe
-from compress.runs import METRICS_DIR, PRUNE_SUMMARY, PRUNED, RECIPE_FILE, point_latest
+from compress.runs import (LATENCY_LUT, LUT_CACHE, METRICS_DIR, PRUNE_SUMMARY, PRUNED, RECIPE_FILE, RUNS_DIR,
+                           point_latest)
 from compress.smpl import training_smpl
 from compress.start import load_start_model
 
@@ -52,12 +54,7 @@ def calibration_batches(recipe: Recipe, *, n: int, batch_size: int = 8) -> list[
     generator = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
                                          num_workers=0, drop_last=False)
-    batches = []
-    for batch in loader:
-        if len(batches) >= n:
-            break
-        batches.append(batch)
-    return batches
+    return list(itertools.islice(loader, n))
 
 
 def run_prune(recipe: Recipe, *, out_dir: str | Path | None = None) -> PruneRun:
@@ -66,7 +63,7 @@ def run_prune(recipe: Recipe, *, out_dir: str | Path | None = None) -> PruneRun:
     spec = recipe.prune
     if spec is None:
         raise UserError("the recipe has no `prune` section (see recipes/mbv2_p1.yaml)")
-    run_dir = Path(out_dir) if out_dir else Path("runs") / (recipe.name or "prune")
+    run_dir = Path(out_dir) if out_dir else RUNS_DIR / (recipe.name or "prune")
     model, parent = load_start_model(recipe)
     device = next(model.parameters()).device
     res = recipe.model.img_res
@@ -82,7 +79,7 @@ def run_prune(recipe: Recipe, *, out_dir: str | Path | None = None) -> PruneRun:
         torch.manual_seed(0)  # `random` importance and dropout-free tracing are then reproducible
         # a latency target caches its lookup table next to the runs (runs/.latency_lut) and copies it into the run
         pruned, result = prune_model(model, spec, example, loss_fn=loss_fn, calibration_batches=batches,
-                                     lut_dir=run_dir.parent / ".latency_lut", lut_copy=run_dir / "latency_lut.json")
+                                     lut_dir=run_dir.parent / LUT_CACHE, lut_copy=run_dir / LATENCY_LUT)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / RECIPE_FILE)
     record = {k: v for k, v in result.to_json().items() if k != "widths"}  # the checkpoint stores its own widths

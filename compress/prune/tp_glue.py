@@ -26,7 +26,7 @@ from torch_pruning import _helpers
 
 from compress.errors import UserError
 from compress.models.encoders import ChannelShuffle
-from compress.prune.cost import layer_widths_of
+from compress.prune.cost import is_depthwise, layer_widths_of
 from compress.recipe import PruneSpec
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,7 @@ class ChannelTracker:
             drop = set(int(i) for i in idxs)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 axes = ["out"]
-            elif isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels \
-                    == module.out_channels:
+            elif is_depthwise(module):
                 axes = ["in", "out"]  # depthwise: one axis
             else:
                 axes = ["out"] if graph.is_out_channel_pruning_fn(dep.handler) else ["in"]

@@ -21,7 +21,7 @@ from compress.report.recovery import recovery_rows, recovery_table, render_recov
 from compress.report.render import (RENDERERS, print_recovery, print_table, render_csv, render_json, render_markdown,
                                     render_table, visible_columns)
 from compress.report.rows import checkpoint_metrics, collect_rows, compute_delta, compute_ratios, stage_labels
-from compress.runs import RUNS_DIR
+from compress.runs import REPORT_FILE, RUNS_DIR
 
 __all__ = [
     "COLUMNS", "Column", "RENDERERS", "checkpoint_metrics", "collect_rows", "compute_delta", "compute_ratios",
@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-REPORT_FILE = "report.md"
 
 
 def run_report(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from compress.constants import EVAL_DATASETS
-from compress.io import finite_json
+from compress.io import json_text
 from compress.report.columns import COLUMNS, EXTRA_CSV_COLUMNS, RATIOS, Column, get_path, is_number
 from compress.report.recovery import CAPTION as RECOVERY_CAPTION
 from compress.report.recovery import recovery_rows, recovery_table, render_recovery_markdown
@@ -335,7 +334,7 @@ def _csv_num(v: Any, scale: float) -> str:
 
 def render_json(rows: list[dict]) -> str:
     """The rows as strict JSON: non-finite numbers (a NaN metric) become null."""
-    return json.dumps(finite_json(rows), indent=2, default=str, allow_nan=False)
+    return json_text(rows, default=str)
 
 
 RENDERERS = {"md": render_markdown, "csv": render_csv, "json": render_json}

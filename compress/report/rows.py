@@ -19,7 +19,7 @@ from compress.constants import EVAL_DATASETS
 from compress.errors import UserError
 from compress.report.columns import COLUMNS, COST_COLUMNS, DATASET_TITLES, RATIOS, get_path, is_number
 from compress.report.costs import choose_memory, interleave_latency, row_costs
-from compress.runs import (FINETUNED, PRUNED, RUNS_DIR, TRAINED, Lineage, Node, checkpoint_of_dir, discover_runs,
+from compress.runs import (FINETUNED, PRUNED, RUNS_DIR, Lineage, Node, discover_runs, resolve_checkpoint,
                            is_trained, metrics_file, parent_ref, read_meta, resolve_run, stage_checkpoints)
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,7 @@ def stage_labels(chain: list[Node]) -> list[str]:
 
 
 def _baseline_path(baseline: str | Path, runs_dir: Path) -> Path:
-    p = resolve_run(baseline, runs_dir=runs_dir)
-    if p.is_dir():
-        found = checkpoint_of_dir(p)
-        if found is None:
-            looked = "/".join((TRAINED, FINETUNED, PRUNED))
-            raise UserError(f"--baseline {baseline}: no {looked} in that directory")
-        p = found
-    return p.resolve()
+    return resolve_checkpoint(resolve_run(baseline, runs_dir=runs_dir), what="--baseline").resolve()
 
 
 # ----------------------------------------------------------------------------------------------- rows
