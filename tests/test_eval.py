@@ -211,9 +211,9 @@ def test_missing_dataset_files_are_skipped_unless_strict(tmp_path, caplog):
     from compress.eval.protocols import evaluate
 
     model = torch.nn.Linear(1, 1)
-    with caplog.at_level("WARNING"):
-        assert evaluate(model, tmp_path, datasets=["3dpw", "lsp"], img_res=64) == {}
-    assert "3dpw_test.npz" in caplog.text and "lsp_dataset_test.npz" in caplog.text
+    # none present is an error (tests/test_eval_errors.py); some present: the others are skipped with a warning
+    with pytest.raises(UserError, match="3dpw_test.npz.*lsp_dataset_test.npz"):
+        evaluate(model, tmp_path, datasets=["3dpw", "lsp"], img_res=64)
     with pytest.raises(UserError, match="3dpw_test.npz"):
         evaluate(model, tmp_path, datasets=["3dpw"], img_res=64, strict=True)
     with pytest.raises(UserError, match="unknown evaluation dataset"):

@@ -52,6 +52,32 @@ def dataset_file(root: str | Path, key: str) -> Path:
     return Path(root) / "dataset_extras" / f"{EVAL_DATASETS[key]}.npz"
 
 
+def present_datasets(root: str | Path, datasets: Iterable[str], *, strict: bool = False,
+                     warn: bool = True) -> list[str]:
+    """The requested evaluation datasets whose npz exists under `root`, in the requested order.
+
+    Unknown keys raise UserError. A missing file is skipped (with a warning when `warn`), unless `strict` (then
+    any missing file is an error) or none of the requested datasets has its file (evaluating nothing would
+    print an empty table): then one UserError line lists the missing files and how to get them.
+    Nothing requested -> [].
+    """
+    root = Path(root)
+    keys = list(dict.fromkeys(datasets))
+    files = {key: dataset_file(root, key) for key in keys}  # validates every key first
+    missing = [key for key in keys if not files[key].is_file()]
+    if missing and (strict or len(missing) == len(keys)):
+        what = ("no evaluation data: none of the requested datasets has its file" if len(missing) == len(keys)
+                else "evaluation data not found")
+        raise UserError(
+            f"{what} ({', '.join(str(files[k]) for k in missing)}); for the synthetic benchmark run "
+            f"`compress data synth --out {root}`, for the real datasets point --data at SPIN's data root "
+            "(see docs/real-data.md)")
+    if warn:
+        for key in missing:
+            log.warning("skipping %s: %s not found", key, files[key])
+    return [key for key in keys if key not in missing]
+
+
 def evaluate(
     model: nn.Module,
     root: str | Path,
@@ -73,28 +99,18 @@ def evaluate(
 
     The model must already be on `device` (default: the device of its parameters); it runs in eval mode and
     its training mode is restored afterwards. Missing dataset files are skipped with a warning, or raise
-    UserError when `strict`. `smpl_dir` defaults
+    UserError when `strict`; when none of the requested datasets has its file, UserError names the missing files
+    and how to get them (see `present_datasets`). `smpl_dir` defaults
     to the data root (SMPL files under <root>/smpl, regressors at the root). `progress(key, done, total)` is
     called after every batch. With `save_dir`, per-sample results go to `<save_dir>/<key>.npz` and the
     summary to `<save_dir>/summary.json`. `cache` reads crops from the HDF5 cache (compress.data.cache).
     """
     root = Path(root)
-    keys = list(datasets)
-    for key in keys:
-        dataset_file(root, key)  # validates the key
+    present = present_datasets(root, datasets, strict=strict)
     img_res = int(img_res or getattr(model, "img_res", IMG_RES))
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    present = []
-    for key in keys:
-        path = dataset_file(root, key)
-        if path.is_file():
-            present.append(key)
-        elif strict:
-            raise UserError(f"{key}: {path} not found; run `compress data synth` or point --data at a SPIN root")
-        else:
-            log.warning("skipping %s: %s not found", key, path)
 
     results: dict[str, dict[str, float]] = {}
     if not present:
@@ -130,6 +146,9 @@ def evaluate_checkpoint(
     **kwargs,
 ) -> dict[str, dict[str, float]]:
     """Load a checkpoint (ours, SPIN's or a bare state_dict with `name=`) and `evaluate()` it."""
+    # a root without the files fails before the checkpoint is loaded
+    present_datasets(root, kwargs.get("datasets", tuple(EVAL_DATASETS)), strict=bool(kwargs.get("strict")),
+                     warn=False)
     overrides = {"img_res": img_res} if img_res else {}
     model, _ = load_checkpoint(checkpoint, name=name, **overrides)
     if device is not None:
