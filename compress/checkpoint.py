@@ -35,7 +35,7 @@ from compress.io import atomic_torch_save
 from compress.models import create_model
 from compress.models.encoders import ChannelShuffle
 from compress.recipe import recipe_to_dict
-from compress.runs import resolve_checkpoint
+from compress.runs import recorded_foreign, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -253,18 +253,23 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
-def load_checkpoint(path: str | os.PathLike, *, name: str | None = None, map_location: Any = "cpu",
-                    **overrides: Any) -> tuple[nn.Module, dict]:
+def load_checkpoint(path: str | os.PathLike, *, name: str | None = None, foreign: dict | None = None,
+                    map_location: Any = "cpu", **overrides: Any) -> tuple[nn.Module, dict]:
     """Load our checkpoint, a SPIN checkpoint or a bare state_dict -> (model in eval mode, meta).
 
     Our files rebuild themselves (`overrides` are merged over the stored ones, e.g. img_res). SPIN files and
-    bare state_dicts need `name=` (e.g. "hmr_resnet50"). The key set must match exactly.
+    bare state_dicts need `name=` (e.g. "hmr_resnet50") or `foreign=`, the {"name", "overrides"} a run recorded
+    when the file entered it (ignored for our own files); without either, the record of a run under runs/ is used
+    (runs.recorded_foreign). The key set must match exactly.
     """
     path = resolve_checkpoint(path)
     raw = read_checkpoint_file(path, map_location=map_location)
     if "format_version" in raw:
         model, meta = _load_ours(raw, path, name, overrides)
     else:
+        foreign = foreign or (recorded_foreign(path) if name is None else None)
+        if name is None and foreign:
+            name, overrides = foreign["name"], {**(foreign.get("overrides") or {}), **overrides}
         model, meta = _load_foreign(raw, path, name, overrides)
     meta["path"] = str(path)
     return model.eval(), meta
@@ -306,7 +311,8 @@ def _load_foreign(raw: dict, path: Path, name: str | None, overrides: dict) -> t
         raise UserError(f"{path}: not a checkpoint compress knows (keys: {', '.join(map(str, list(raw)[:_SHOW]))})")
     if name is None:
         raise UserError(f"{path}: a {'SPIN checkpoint' if fmt == 'spin' else 'bare state_dict'} does not say which "
-                        "model it holds: pass the model name (e.g. --name hmr_resnet50)")
+                        "model it holds: pass the model name once (e.g. --name hmr_resnet50, or the recipe's model.name "
+                        "with prune.from / model.checkpoint); runs record it")
     state = strip_prefix(state, "module.")
     model = _create(name, overrides, path)
     load_state_dict_strict(model, state, source=str(path))

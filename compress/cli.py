@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from compress.devices import AUTO, DEVICE_HELP, resolve_device
 from compress.errors import UserError
 from compress.recipe import DEFAULT_DATA_ROOT, data_root
 
@@ -143,6 +144,7 @@ def cmd_eval(args) -> int:
 
     if bool(args.checkpoint) == bool(args.reference):
         raise UserError("compress eval needs a checkpoint or --reference rest|mean (not both)")
+    device = resolve_device(args.device)
     root = data_root(args.data)
     common = dict(datasets=args.datasets.split(","), strict=args.datasets != EVAL_KEYS, subset=args.subset,
                   batch_size=args.batch_size)
@@ -151,12 +153,13 @@ def cmd_eval(args) -> int:
         if args.reference:
             from compress.eval.reference import reference_model
 
-            model = reference_model(args.reference, root, img_res=args.img_res or 64)
+            model = reference_model(args.reference, root, img_res=args.img_res or 64).to(device)
             results = evaluate(model, root, save_dir=args.save_dir, progress=progress, **common)
         else:
             save_dir = args.save_dir or _default_eval_dir(args.checkpoint)
             results = evaluate_checkpoint(args.checkpoint, root=root, img_res=args.img_res, name=args.name,
-                                          save_dir=save_dir, progress=progress, **common)
+                                          device=device, save_dir=save_dir, progress=progress,
+                                          **common)
     if args.json:
         _print_json(results)
     else:
@@ -290,6 +293,7 @@ def _print_prune_summary(run) -> None:
 def cmd_sensitivity(args) -> int:
     from compress.sensitivity import format_sensitivity_table, recipe_snippet, run_sensitivity
 
+    device = resolve_device(args.device)
     ratios = _parse_floats(args.ratios, "--ratios")
     budget = args.budget if args.budget is not None else min(0.2, max(ratios, default=0.2))
     with _progress() as bar:
@@ -298,6 +302,7 @@ def cmd_sensitivity(args) -> int:
             datasets=args.datasets.split(","), importance=args.importance, img_res=args.img_res, out_dir=args.out,
             progress=_train_progress(bar, "sensitivity"), units=args.units.split(",") if args.units else None,
             rank_by=args.rank_by, budget_ratio=budget, batch_size=args.batch_size, name=args.name,
+            device=device,
         )
     if args.json:
         _print_json(result)
@@ -336,7 +341,7 @@ def cmd_report(args) -> int:
 
     fmt = "json" if args.json else args.format
     rows, out = run_report(args.runs or None, baseline=args.baseline, fmt=fmt, plots=args.plots, retime=args.retime,
-                           runs_dir=args.runs_dir, device=args.device, onnx=args.onnx_latency,
+                           runs_dir=args.runs_dir, device=str(resolve_device(args.device)), onnx=args.onnx_latency,
                            interleave=args.interleave,
                            width=_console().width, color=sys.stdout.isatty())
     if fmt == "md":
@@ -351,7 +356,8 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from compress.export import export_onnx
 
-    info = export_onnx(args.checkpoint, args.onnx, img_res=args.img_res, opset=args.opset)
+    info = export_onnx(args.checkpoint, args.onnx, img_res=args.img_res, opset=args.opset,
+                       device=resolve_device(args.device))
     if args.json:
         _print_json(info)
         return 0
@@ -439,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--img-res", type=int, default=None, help="crop size (default: the model's)")
     p.add_argument("--name", default=None, help="zoo model name for SPIN/bare checkpoints (e.g. hmr_resnet50)")
+    p.add_argument("--device", default=AUTO, help=DEVICE_HELP)
     p.add_argument("--save-dir", default=None,
                    help="per-sample results (.npz) and a JSON summary (default: <checkpoint dir>/eval_<stem>/)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -484,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-res", type=int, default=None, help="crop size (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--name", default=None, help="zoo model name for SPIN/bare checkpoints (e.g. hmr_resnet50)")
+    p.add_argument("--device", default=AUTO, help=DEVICE_HELP)
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/sensitivity)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_sensitivity)
@@ -499,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interleave", action="store_true",
                    help="time all rows again in alternation (fair comparison on a busy machine; not cached)")
     p.add_argument("--onnx-latency", action="store_true", help="add an onnxruntime CPU latency column")
-    p.add_argument("--device", default="cpu", help="device for profiling (default: %(default)s)")
+    p.add_argument("--device", default=AUTO, help="device for profiling: " + DEVICE_HELP)
     p.add_argument("--runs-dir", default="runs", help="where runs live (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_report)
@@ -509,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
     p.add_argument("--img-res", type=int, default=None, help="input resolution (default: the model's)")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--device", default=AUTO, help="where the PyTorch reference of the check runs (onnxruntime: its "
+                   "CUDA provider on cuda when installed, else the CPU): " + DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_export)
 

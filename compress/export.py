@@ -49,9 +49,12 @@ def _load(model_or_ckpt) -> nn.Module:
 
 def export_onnx(
     model_or_ckpt: nn.Module | str | Path, out: str | Path, *, img_res: int | None = None, opset: int = 17,
-    atol: float = 1e-4, check_batches: tuple[int, ...] = (1, 3),
+    atol: float = 1e-4, check_batches: tuple[int, ...] = (1, 3), device: str | torch.device = "cpu",
 ) -> dict:
     """Export to ONNX (opset `opset`, dynamic batch) and check it in onnxruntime against PyTorch.
+
+    The export runs on the CPU; the check runs PyTorch on `device` (TF32 off) and onnxruntime with its CUDA
+    provider when `device` is CUDA and the installed onnxruntime has one, else its CPU provider.
 
     Returns {"path", "opset", "img_res", "inputs", "outputs", "max_abs_diff" (per output), "max_abs_diff_all",
     "checked_batches", "size_mb", "params"}. Raises ExportMismatchError above `atol`.
@@ -78,7 +81,7 @@ def export_onnx(
             ref = wrapper(example)
         _fix_output_dims(tmp, {name: tuple(r.shape) for name, r in zip(OUTPUT_NAMES, ref)})
         onnx.checker.check_model(str(tmp))
-        diffs = _compare(wrapper, tmp, img_res=img_res, batches=check_batches)
+        diffs = _compare(wrapper, tmp, img_res=img_res, batches=check_batches, device=torch.device(device))
         worst = max(diffs.values())
         if not worst <= atol:  # also catches NaN
             detail = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
@@ -124,14 +127,17 @@ def _shape(value_info) -> list:
 
 
 @torch.no_grad()
-def _compare(wrapper: nn.Module, path: Path, *, img_res: int, batches: tuple[int, ...]) -> dict[str, float]:
+def _compare(wrapper: nn.Module, path: Path, *, img_res: int, batches: tuple[int, ...],
+             device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Max |onnxruntime - PyTorch| per output over seeded random inputs at each batch size."""
-    session = _session(path)
+    session = _session(path, device=device)
+    reference = copy.deepcopy(wrapper).to(device)
     gen = torch.Generator().manual_seed(0)
     diffs = dict.fromkeys(OUTPUT_NAMES, 0.0)
     for b in batches:
         x = torch.randn(b, 3, img_res, img_res, generator=gen)
-        ref = wrapper(x)
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            ref = [r.cpu() for r in reference(x.to(device))]
         got = session.run(list(OUTPUT_NAMES), {"img": x.numpy()})
         for name, r, g in zip(OUTPUT_NAMES, ref, got):
             if tuple(g.shape) != tuple(r.shape):
@@ -141,13 +147,16 @@ def _compare(wrapper: nn.Module, path: Path, *, img_res: int, batches: tuple[int
     return diffs
 
 
-def _session(path: str | Path, *, threads: int | None = None):
+def _session(path: str | Path, *, threads: int | None = None, device: torch.device = torch.device("cpu")):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
 def onnx_latency(

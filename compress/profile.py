@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compress.checkpoint import load_checkpoint
+from compress.devices import device_kind
 from compress.io import atomic_write_json
 from compress.latency import ab_latency
 from compress.models import create_model, parameter_split
@@ -22,10 +23,11 @@ from compress.runs import resolve_checkpoint
 log = logging.getLogger(__name__)
 
 
-def load_any(target: str, **overrides) -> tuple[nn.Module, dict]:
-    """A zoo model name or a checkpoint path -> (model, meta)."""
+def load_any(target: str, *, foreign: dict | None = None, **overrides) -> tuple[nn.Module, dict]:
+    """A zoo model name or a checkpoint path -> (model, meta). `foreign`: the model config a run recorded for a
+    file that does not name its model (SPIN's checkpoint)."""
     if Path(target).suffix in (".pt", ".pth") or Path(target).is_dir() or Path(target).exists():
-        return load_checkpoint(resolve_checkpoint(target), **overrides)
+        return load_checkpoint(resolve_checkpoint(target), foreign=foreign, **overrides)
     return create_model(target, **overrides), {}
 
 
@@ -154,7 +156,8 @@ def _peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return peak
 
 
-def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, train: bool, device="cpu") -> float:
+def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, train: bool, device="cpu",
+                            foreign: dict | None = None) -> float:
     """Measured peak memory of one inference or training step, in MiB.
 
     CUDA: torch.cuda.max_memory_allocated around the step. CPU: a fresh subprocess reports the growth of its
@@ -163,7 +166,8 @@ def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, t
     """
     code = (
         "import json;from compress.profile import _step_peak;"
-        f"print(json.dumps(_step_peak({str(checkpoint)!r},{img_res},{batch_size},{train},{str(device)!r})))"
+        f"print(json.dumps(_step_peak({str(checkpoint)!r},{img_res},{batch_size},{train},{str(device)!r},"
+        f"json.loads({json.dumps(foreign)!r}))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -171,9 +175,10 @@ def measured_peak_memory_mb(checkpoint: str, *, img_res: int, batch_size: int, t
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _step_peak(checkpoint: str, img_res: int, batch_size: int, train: bool, device: str) -> float:
+def _step_peak(checkpoint: str, img_res: int, batch_size: int, train: bool, device: str,
+               foreign: dict | None = None) -> float:
     torch.set_num_threads(1)
-    model, _ = load_any(checkpoint)
+    model, _ = load_any(checkpoint, foreign=foreign)
     model.to(device)
     x = torch.randn(batch_size, 3, img_res, img_res, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5) if train else None
@@ -253,7 +258,7 @@ def _one_step(model: nn.Module, x: torch.Tensor, opt) -> None:
 # ----------------------------------------------------------------------------------------------- cached profile
 
 
-PROFILE_CACHE = ".profile.json"  # <ckpt>.profile.json: {"key": ..., "profile": {...}}
+PROFILE_CACHE = ".profile.json"  # <ckpt>.profile.<cpu|cuda>.json: {"key": ..., "profile": {...}}, one per device
 ONNX_LATENCY_CACHE = ".onnx-latency.json"  # <ckpt>.onnx-latency.json: {"key": ..., "stats": {...}}
 _CACHE_FIELD = {PROFILE_CACHE: "profile", ONNX_LATENCY_CACHE: "stats"}
 
@@ -264,6 +269,15 @@ def file_key(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def cache_file(path: str | Path, cache: str, device: str | None = None) -> Path:
+    """The cache file beside a checkpoint. Profiles are kept per device kind (`<ckpt>.profile.cpu.json`,
+    `<ckpt>.profile.cuda.json`), so a report that times on the CPU and on CUDA never overwrites one with the other."""
+    path = Path(path)
+    if cache == PROFILE_CACHE:
+        return path.with_name(f"{path.name}.profile.{device_kind(device or 'cpu')}.json")
+    return path.with_name(path.name + cache)
+
+
 def read_cache(path: str | Path, cache: str, **settings) -> Any | None:
     """The figures cached beside a checkpoint (`cache`: PROFILE_CACHE or ONNX_LATENCY_CACHE), or None.
 
@@ -271,7 +285,7 @@ def read_cache(path: str | Path, cache: str, **settings) -> Any | None:
     the same file and the same value for every setting given here; settings not given are not compared.
     """
     path = Path(path)
-    file = path.with_name(path.name + cache)
+    file = cache_file(path, cache, settings.get("device"))
     if not file.is_file():
         return None
     try:
@@ -290,33 +304,34 @@ def write_cache(path: str | Path, cache: str, figures: Any, **settings) -> None:
     """Store `figures` beside the checkpoint under its file_key and `settings` (atomically: a concurrent report
     never reads half a file)."""
     path = Path(path)
-    atomic_write_json(path.with_name(path.name + cache),
+    atomic_write_json(cache_file(path, cache, settings.get("device")),
                       {"key": file_key(path) | settings, _CACHE_FIELD[cache]: figures}, indent=1)
 
 
 def profile_checkpoint(
     path: str | Path, *, img_res: int | None = None, device: str = "cpu", retime: bool = False,
-    batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 15,
+    batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 15, foreign: dict | None = None,
 ) -> dict:
     """Params, MACs, latency and memory of a checkpoint, cached in `<ckpt>.profile.json`.
 
     The cache is reused while the checkpoint file, resolution, device, batch sizes and thread count are
-    unchanged; `retime=True` measures again.
+    unchanged; `retime=True` measures again. `foreign`: see load_any.
     """
     path = Path(path)
-    model, _ = load_any(str(path))
+    model, _ = load_any(str(path), foreign=foreign)
     img_res = int(img_res or getattr(model, "img_res", 224))
     settings = {"img_res": img_res, "device": device, "batch_sizes": list(batch_sizes),
                 "threads": torch.get_num_threads()}
     cached = None if retime else read_cache(path, PROFILE_CACHE, **settings)
     if cached is not None:
         return cached
-    profile = _profile_model(model, path, img_res=img_res, device=device, batch_sizes=batch_sizes, repeats=repeats)
+    profile = _profile_model(model, path, img_res=img_res, device=device, batch_sizes=batch_sizes, repeats=repeats,
+                             foreign=foreign)
     write_cache(path, PROFILE_CACHE, profile, **settings)
     return profile
 
 
-def _profile_model(model, path, *, img_res, device, batch_sizes, repeats) -> dict:
+def _profile_model(model, path, *, img_res, device, batch_sizes, repeats, foreign=None) -> dict:
     split = parameter_split(model)
     latency = {f"b{b}": measure_latency(model, img_res=img_res, batch_size=b, device=device, repeats=repeats)
                for b in batch_sizes}
@@ -324,9 +339,10 @@ def _profile_model(model, path, *, img_res, device, batch_sizes, repeats) -> dic
     mem = {
         "infer_estimate": estimate_memory_mb(model, img_res=img_res, batch_size=1, train=False),
         "train_estimate": estimate_memory_mb(model, img_res=img_res, batch_size=b_train, train=True),
-        "infer_measured": measured_peak_memory_mb(str(path), img_res=img_res, batch_size=1, train=False, device=device),
+        "infer_measured": measured_peak_memory_mb(str(path), img_res=img_res, batch_size=1, train=False, device=device,
+                                                  foreign=foreign),
         "train_measured": measured_peak_memory_mb(str(path), img_res=img_res, batch_size=b_train, train=True,
-                                                  device=device),
+                                                  device=device, foreign=foreign),
         "train_batch": b_train,
         "method": ("weights + cuda max_memory_allocated of the step" if device.startswith("cuda")
                    else "weights + peak RSS growth of the step in a fresh process"),

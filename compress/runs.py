@@ -141,6 +141,22 @@ def parent_ref(meta: dict) -> str | None:
     return str(parent) if parent else None
 
 
+def parent_model(meta: dict) -> dict | None:
+    """The {"name", "overrides"} a checkpoint records for a parent file that does not name its model (SPIN's
+    checkpoint, a bare state_dict): given once where the file entered the run, never asked for again."""
+    parent = meta.get("parent")
+    model = parent.get("model") if isinstance(parent, dict) else None
+    return model if isinstance(model, dict) and model.get("name") else None
+
+
+def parent_record(path: str | os.PathLike, meta: dict) -> str | dict:
+    """What a new checkpoint stores as its parent: the path, plus the model config when the parent is foreign
+    (`meta` as load_checkpoint returned it)."""
+    if meta.get("format") in ("spin", "state_dict") and isinstance(meta.get("model"), dict):
+        return {"path": str(path), "model": meta["model"]}
+    return str(path)
+
+
 def resolve_ref(ref: str, *, near: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path | None:
     """A recorded checkpoint reference -> an existing file, or None.
 
@@ -182,6 +198,7 @@ class Lineage:
     def __init__(self, runs_dir: str | os.PathLike | None = None):
         self.runs_dir = Path(runs_dir) if runs_dir is not None else None
         self.nodes: dict[Path, Node] = {}
+        self.foreign: dict[Path, dict] = {}  # parent file -> the model config a child recorded for it
 
     def node(self, path: str | os.PathLike) -> Node:
         path = Path(path).resolve()
@@ -190,7 +207,13 @@ class Lineage:
             ref = parent_ref(meta)
             parent = resolve_ref(ref, near=path.parent, runs_dir=self.runs_dir) if ref else None
             self.nodes[path] = Node(path, meta, parent, ref)
+            if parent is not None and parent_model(meta):
+                self.foreign.setdefault(parent, parent_model(meta))
         return self.nodes[path]
+
+    def foreign_model(self, path: str | os.PathLike) -> dict | None:
+        """The model config recorded for a foreign file by a checkpoint of this lineage already read, or None."""
+        return self.foreign.get(Path(path).resolve())
 
     def chain(self, path: str | os.PathLike) -> list[Node]:
         """Root first, ending with `path`; stops at a missing parent or a cycle. A trained baseline
@@ -206,6 +229,22 @@ class Lineage:
         out = out[::-1]
         start = max((i for i, n in enumerate(out) if is_trained(n.path, n.meta)), default=0)
         return out[start:]
+
+
+def recorded_foreign(path: str | os.PathLike, runs_dir: str | os.PathLike = RUNS_DIR) -> dict | None:
+    """The model config that a run under runs_dir recorded for the foreign file `path` (SPIN's checkpoint entered
+    through prune.from or model.checkpoint), or None: later commands given the file itself need no --name."""
+    target = Path(path).resolve()
+    lineage = Lineage(runs_dir)
+    for run in discover_runs(runs_dir):
+        for ckpt in stage_checkpoints(run):
+            try:
+                lineage.node(ckpt)
+            except UserError:  # an unreadable file is not this lookup's concern
+                continue
+            if target in lineage.foreign:
+                return lineage.foreign[target]
+    return None
 
 
 def chain_root(path: str | os.PathLike, *, runs_dir: str | os.PathLike | None = None) -> Path:

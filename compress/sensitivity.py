@@ -26,6 +26,7 @@ from torch import nn
 
 from compress.checkpoint import load_checkpoint, model_name
 from compress.constants import EVAL_DATASETS
+from compress.devices import resolve_device
 from compress.errors import UserError
 from compress.eval.protocols import evaluate
 from compress.io import atomic_write_json
@@ -161,8 +162,10 @@ def run_sensitivity(
     budget_ratio: Optional[float] = None,
     batch_size: int = 32,
     name: Optional[str] = None,
+    device: str | torch.device | None = None,
 ) -> dict:
     """Prune each unit alone at each ratio, evaluate on the first `subset` samples, rank; write JSON and PNG.
+    The model runs on `device` (default: CUDA when available).
 
     checkpoint: our checkpoint, a run directory, or a SPIN/bare file with `name=`. out_dir defaults to
     `<checkpoint folder>/sensitivity`. units: module names (default: `prunable_units`). budget_ratio: also store
@@ -174,6 +177,7 @@ def run_sensitivity(
     _check_options(importance=importance, rank_by=rank_by, subset=subset, budget_ratio=budget_ratio, ratios=ratios)
     path = resolve_checkpoint(checkpoint)
     model, _ = load_checkpoint(path, name=name, **({"img_res": int(img_res)} if img_res else {}))
+    model = model.to(resolve_device(device))
     res = int(getattr(model, "img_res", img_res or 224))
     all_units = prunable_units(model)
     chosen = list(dict.fromkeys(units)) if units else all_units

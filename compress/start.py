@@ -13,7 +13,7 @@ from torch import nn
 from compress.checkpoint import load_checkpoint, read_checkpoint_file
 from compress.constants import SMPL_MEAN_PARAMS
 from compress.models import create_model
-from compress.runs import PRUNE_START, resolve_checkpoint
+from compress.runs import PRUNE_START, parent_record, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,14 @@ def load_named(path: str | Path, recipe) -> tuple[nn.Module, dict]:
     return load_checkpoint(path, name=None if ours else recipe.model.name, img_res=recipe.model.img_res)
 
 
-def initial_model(recipe) -> tuple[nn.Module, str | None]:
+def initial_model(recipe) -> tuple[nn.Module, str | dict | None]:
     """The model a baseline starts from: recipe.model.checkpoint's weights, else a fresh zoo model (with ImageNet
-    encoder weights when model.pretrained). Returns (model, parent reference or None)."""
+    encoder weights when model.pretrained). Returns (model, parent record or None): a foreign file's record carries
+    the model name it was loaded as (runs.parent_record), so no later step asks for it again."""
     m = recipe.model
     if m.checkpoint:
         model, meta = load_named(m.checkpoint, recipe)
-        return model, meta.get("path", str(m.checkpoint))
+        return model, parent_record(meta.get("path", m.checkpoint), meta)
     overrides = {**m.overrides, "img_res": m.img_res, "pretrained": m.pretrained}
     mean_file = Path(recipe.data.root) / SMPL_MEAN_PARAMS
     if overrides.get("mean_params") is None and mean_file.is_file():
@@ -42,7 +43,7 @@ def initial_model(recipe) -> tuple[nn.Module, str | None]:
     return model, None
 
 
-def load_start_model(recipe) -> tuple[nn.Module, str | None]:
+def load_start_model(recipe) -> tuple[nn.Module, str | dict | None]:
     """The model to prune: prune.from, else model.checkpoint, else a fresh zoo model -> (model, parent path).
     A run directory offers its newest unpruned-or-fine-tuned weights (finetuned.pt, then trained.pt, pruned.pt)."""
     ref = recipe.prune.from_ or recipe.model.checkpoint
@@ -51,4 +52,4 @@ def load_start_model(recipe) -> tuple[nn.Module, str | None]:
         return initial_model(recipe)  # as `compress train` would start it (the data root's mean params)
     path = resolve_checkpoint(ref, order=PRUNE_START, what="prune.from")
     model, meta = load_named(path, recipe)
-    return model, str(meta.get("path", path))
+    return model, parent_record(meta.get("path", path), meta)

@@ -45,10 +45,10 @@ from compress.models import regressor_parameters
 from compress.losses import (LossWeights, batch_targets, check_finite, compute_losses, distill_losses, loss_values,
                              loss_weights, spin_batch_terms)
 from compress.recipe import Recipe, TrainSpec, save_recipe
-from compress.runs import (FINETUNED, LAST, LOG_FILE, PRUNED, RECIPE_FILE, RUNS_DIR, TRAINED, chain_root,
+from compress.runs import (FINETUNED, LAST, LOG_FILE, PRUNED, RECIPE_FILE, RUNS_DIR, TRAINED, Lineage,
                            load_run_recipe, metrics_file, resolve_ref)
 from compress.smpl import training_smpl
-from compress.start import initial_model
+from compress.start import initial_model, load_named
 
 log = logging.getLogger(__name__)
 
@@ -426,16 +426,17 @@ def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overr
     n = spec.epochs if epochs is None else int(epochs)
     if n < 0:
         raise UserError(f"--epochs must be >= 0, got {n}")
-    model, meta = load_checkpoint(pruned)
-    teacher = load_teacher(spec, pruned_meta=meta, run_dir=run_dir)
+    model, _ = load_checkpoint(pruned)
+    teacher = load_teacher(recipe, spec, run_dir=run_dir)
     return _run(recipe, spec, model, run_dir=Path(out_dir or run_dir), phase="finetune", stage=f"FT({n})",
                 epochs=n, out_name=FINETUNED, parent=str(pruned), teacher=teacher, resume=resume,
                 progress=progress)
 
 
-def load_teacher(spec: TrainSpec, *, pruned_meta: dict, run_dir: Path) -> nn.Module | None:
-    """The distillation teacher (eval mode, frozen): finetune.distill.teacher, or when it is empty the root of the
-    pruned checkpoint's parent chain (the unpruned baseline). None when distillation is off."""
+def load_teacher(recipe: Recipe, spec: TrainSpec, *, run_dir: Path) -> nn.Module | None:
+    """The distillation teacher (eval mode, frozen): finetune.distill.teacher (a foreign file there is the recipe's
+    model.name), or when it is empty the root of the pruned checkpoint's parent chain (the unpruned baseline, with
+    the model name recorded when a foreign file entered the run). None when distillation is off."""
     kd = spec.distill
     if kd is None:
         return None
@@ -444,14 +445,15 @@ def load_teacher(spec: TrainSpec, *, pruned_meta: dict, run_dir: Path) -> nn.Mod
         if path is None:
             raise UserError(f"distillation teacher not found: {kd.teacher} (set finetune.distill.teacher to a "
                             "checkpoint or run directory, or finetune.distill=null to train without a teacher)")
+        teacher, _ = load_named(path, recipe)
     else:
-        ref = pruned_meta.get("parent")
-        first = resolve_ref(str(ref), near=run_dir) if ref else None
-        if first is None:
+        lineage = Lineage()
+        chain = lineage.chain(run_dir / PRUNED)
+        if len(chain) < 2:
             raise UserError(f"finetune.distill.teacher is empty and {run_dir / PRUNED} records no existing "
                             f"parent: set --set finetune.distill.teacher=PATH (e.g. runs/mbv2_baseline/{TRAINED})")
-        path = chain_root(first)
-    teacher, _ = load_checkpoint(path)
+        path = chain[0].path
+        teacher, _ = load_checkpoint(path, foreign=lineage.foreign_model(path))  # SPIN's file: the recorded name
     log.info("distilling from %s", path)
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -80,7 +80,7 @@ def test_profile_is_cached_until_the_checkpoint_changes(tiny_ckpt, monkeypatch):
     second = profile.profile_checkpoint(tiny_ckpt, batch_sizes=(1,), repeats=2)
     assert calls == [1] and first == second
     assert first["params_total"] == 41_693
-    cache = json.loads(tiny_ckpt.with_name(tiny_ckpt.name + ".profile.json").read_text())
+    cache = json.loads(tiny_ckpt.with_name(tiny_ckpt.name + ".profile.cpu.json").read_text())
     assert cache["profile"]["macs"] == first["macs"]
     profile.profile_checkpoint(tiny_ckpt, batch_sizes=(1,), repeats=2, retime=True)
     assert calls == [1, 1]
@@ -93,11 +93,16 @@ def test_one_cache_key_for_the_profile_and_the_onnx_latency(tmp_path):
     settings = {"img_res": 64, "device": "cpu", "batch_sizes": [1, 32], "threads": 1}
     profile.write_cache(ckpt, profile.PROFILE_CACHE, {"macs": 7}, **settings)
     st = ckpt.stat()
-    stored = json.loads((tmp_path / "m.pt.profile.json").read_text())
+    stored = json.loads((tmp_path / "m.pt.profile.cpu.json").read_text())
     assert stored == {"key": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **settings}, "profile": {"macs": 7}}
     assert profile.read_cache(ckpt, profile.PROFILE_CACHE, **settings) == {"macs": 7}
     assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cpu") == {"macs": 7}  # what the report asks
     assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cuda") is None
+    # one file per device kind: a CUDA profile written next to it leaves the CPU one readable (no thrash)
+    profile.write_cache(ckpt, profile.PROFILE_CACHE, {"macs": 8}, **(settings | {"device": "cuda"}))
+    assert (tmp_path / "m.pt.profile.cuda.json").is_file()
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cpu") == {"macs": 7}
+    assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cuda") == {"macs": 8}
     assert profile.read_cache(ckpt, profile.PROFILE_CACHE, **(settings | {"threads": 2})) is None
     assert profile.read_cache(ckpt, profile.ONNX_LATENCY_CACHE) is None  # a file of its own
     profile.write_cache(ckpt, profile.ONNX_LATENCY_CACHE, {"median_ms": 1.5})
@@ -107,5 +112,5 @@ def test_one_cache_key_for_the_profile_and_the_onnx_latency(tmp_path):
     torch.save({"w": torch.zeros(1000)}, ckpt)  # a rewritten checkpoint (another size) is measured again
     assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cpu") is None
     assert profile.read_cache(ckpt, profile.ONNX_LATENCY_CACHE) is None
-    (tmp_path / "m.pt.profile.json").write_text('{"key": ')  # half a file: a miss, not an error
+    (tmp_path / "m.pt.profile.cpu.json").write_text('{"key": ')  # half a file: a miss, not an error
     assert profile.read_cache(ckpt, profile.PROFILE_CACHE, device="cpu") is None

@@ -58,7 +58,7 @@ def _save(path: Path, *, parent: Path | None, metrics: dict | None, profile: dic
     st = path.stat()
     key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "img_res": 64, "device": "cpu", "batch_sizes": [1, 32],
            "threads": 1}
-    path.with_name(path.name + ".profile.json").write_text(json.dumps({"key": key, "profile": profile}))
+    path.with_name(path.name + ".profile.cpu.json").write_text(json.dumps({"key": key, "profile": profile}))
     return path
 
 
@@ -71,6 +71,7 @@ def runs(tmp_path, monkeypatch):
         raise AssertionError("the report re-timed a model whose profile is cached")
 
     monkeypatch.setattr(compress.profile, "profile_checkpoint", no_timing)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same rows on a GPU host (no CUDA column)
     r = tmp_path / "runs"
     base = _save(r / "base" / "trained.pt", parent=None, metrics=BASE_METRICS,
                  profile=_profile(1000, 2_000_000_000, 10.0, 40.0, 200.0))
@@ -86,6 +87,32 @@ def runs(tmp_path, monkeypatch):
     return {"dir": r, "base": base, "p1": p1, "ft1": ft1, "p2": p2, "ft2": ft2}
 
 
+def test_cpu_and_cuda_profiles_are_cached_apart(runs, monkeypatch):
+    """With CUDA present a report profiles each checkpoint on the CPU (its rows) and on CUDA (the GPU column); the
+    two profiles live in their own cache files, so a second report times nothing (one shared file thrashed)."""
+    import compress.profile as prof
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = []
+
+    def fake_profile(path, *, device="cpu", retime=False, **kwargs):
+        calls.append((Path(path).parent.name, Path(path).name, device))
+        figures = _profile(5, 5, 2.5 if device == "cuda" else 99.0, 1.0, 1.0)
+        prof.write_cache(path, prof.PROFILE_CACHE, figures, device=device)
+        return figures
+
+    monkeypatch.setattr(prof, "profile_checkpoint", fake_profile)
+    rows = collect_rows(runs_dir=runs["dir"], device="cpu")
+    assert len(calls) == 5 and {c[2] for c in calls} == {"cuda"}  # the CPU profiles were cached already
+    assert [r["gpu_latency_ms"] for r in rows] == [2.5] * 5
+    assert [r["latency_ms"] for r in rows] == [10.0, 8.0, 12.5, 6.0, 6.0]
+    again = collect_rows(runs_dir=runs["dir"], device="cpu")
+    assert len(calls) == 5, calls[5:]
+    assert [r["latency_ms"] for r in again] == [10.0, 8.0, 12.5, 6.0, 6.0]
+    on_cuda = collect_rows(runs_dir=runs["dir"], device="cuda")  # profiled on CUDA: its own column, no re-timing
+    assert len(calls) == 5 and [r["latency_ms"] for r in on_cuda] == [2.5] * 5
+
+
 def test_rows_follow_the_chain_and_equal_the_files(runs):
     rows = json.loads(report.render_json(collect_rows(runs_dir=runs["dir"])))
     assert [r["stage"] for r in rows] == ["baseline", "P1", "P1+FT(20)", "P2", "P2+FT(8)"]
@@ -95,7 +122,7 @@ def test_rows_follow_the_chain_and_equal_the_files(runs):
         assert row["checkpoint"] == str(path.resolve())
         meta = torch.load(path, weights_only=True)
         assert row["metrics"] == meta["metrics"]
-        prof = json.loads(path.with_name(path.name + ".profile.json").read_text())["profile"]
+        prof = json.loads(path.with_name(path.name + ".profile.cpu.json").read_text())["profile"]
         for field in ("params_total", "params_encoder", "params_regressor", "macs", "latency_ms"):
             assert row[field] == prof[field]
         assert row["latency_b32_ms"] == prof["latency"]["b32"]["median_ms"]
@@ -218,7 +245,7 @@ def test_missing_parent_and_sample_mismatch_are_footnoted(tmp_path, monkeypatch)
     rows = collect_rows(["p1"], runs_dir=r)
     assert rows[1]["notes"]["3dpw_mpjpe_mm"] == "3DPW: 5 samples vs 7 for the baseline"
     # a checkpoint changed after profiling is profiled again (here: fails, and says so)
-    p1.with_name("pruned.pt.profile.json").write_text("{}")
+    p1.with_name("pruned.pt.profile.cpu.json").write_text("{}")
     rows = collect_rows(["p1"], runs_dir=r)
     assert rows[1]["params_total"] is None and rows[1]["notes"]["params"].startswith("not profiled (OSError")
 
@@ -311,7 +338,7 @@ def test_real_checkpoints_profiled_once_then_read_from_the_cache(tmp_path, monke
     assert [row["stage"] for row in first] == ["baseline", "P1"]
     assert first[1]["params_total"] < first[0]["params_total"] and first[1]["delta"]["params_total"]["better"]
     for row in first:
-        cache = json.loads(Path(row["checkpoint"] + ".profile.json").read_text())["profile"]
+        cache = json.loads(Path(row["checkpoint"] + ".profile.cpu.json").read_text())["profile"]
         assert row["macs"] == cache["macs"] and row["latency_ms"] == cache["latency"]["b1"]["median_ms"]
     monkeypatch.setattr(compress.profile, "profile_checkpoint", lambda *a, **k: pytest.fail("re-timed"))
     assert json.loads(run_report(fmt="json", runs_dir=r)[1]) == first
@@ -366,7 +393,7 @@ def test_interleave_times_all_rows_together(runs, monkeypatch):
                 for i, k in enumerate(models)}
 
     monkeypatch.setattr(compress.profile, "interleaved_latency", fake_interleaved)
-    monkeypatch.setattr(compress.profile, "load_any", lambda path: (object(), {}))
+    monkeypatch.setattr(compress.profile, "load_any", lambda path, **kwargs: (object(), {}))
     rows = collect_rows(runs_dir=runs["dir"], interleave=True)
     assert [c[1:] for c in calls] == [(64, 1), (64, 32)] and len(calls[0][0]) == 5  # one timing of all five
     assert [r["latency_ms"] for r in rows] == [100.0, 50.0, 100.0 / 3, 25.0, 20.0]
@@ -376,7 +403,7 @@ def test_interleave_times_all_rows_together(runs, monkeypatch):
 
 
 def test_a_different_profiling_resolution_is_footnoted(runs):
-    cache = runs["p1"].with_name("pruned.pt.profile.json")
+    cache = runs["p1"].with_name("pruned.pt.profile.cpu.json")
     data = json.loads(cache.read_text())
     data["profile"]["img_res"] = 224
     cache.write_text(json.dumps(data))

@@ -19,7 +19,7 @@ from compress.prune.api import prune_model
 from compress.prune.core import PruneResult
 from compress.recipe import Recipe, TrainSpec, save_recipe
 from compress.runs import (LATENCY_LUT, LUT_CACHE, METRICS_DIR, PRUNE_SUMMARY, PRUNED, RECIPE_FILE, RUNS_DIR,
-                           point_latest)
+                           parent_ref, point_latest)
 from compress.smpl import training_smpl
 from compress.start import load_start_model
 
@@ -64,7 +64,7 @@ def run_prune(recipe: Recipe, *, out_dir: str | Path | None = None) -> PruneRun:
     if spec is None:
         raise UserError("the recipe has no `prune` section (see recipes/mbv2_p1.yaml)")
     run_dir = Path(out_dir) if out_dir else RUNS_DIR / (recipe.name or "prune")
-    model, parent = load_start_model(recipe)
+    model, parent = load_start_model(recipe)  # a foreign start file's record carries its model name
     device = next(model.parameters()).device
     res = recipe.model.img_res
     example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device)
@@ -85,7 +85,7 @@ def run_prune(recipe: Recipe, *, out_dir: str | Path | None = None) -> PruneRun:
     record = {k: v for k, v in result.to_json().items() if k != "widths"}  # the checkpoint stores its own widths
     path = save_checkpoint(pruned, run_dir / PRUNED, parent=parent, recipe=recipe, metrics={}, stage="pruned",
                            prune=record)
-    run = PruneRun(result=result, checkpoint=str(path), parent=parent)
+    run = PruneRun(result=result, checkpoint=str(path), parent=parent_ref({"parent": parent}))
     atomic_write_json(run_dir / METRICS_DIR / PRUNE_SUMMARY, run.to_json())
     point_latest(run_dir)
     log.info("wrote %s", path)

@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 NOISY_SPREAD = 0.25  # (p90 - p10) / median above this: the machine was busy while timing
 
 
-def row_costs(path: Path, *, retime: bool, device: str, onnx: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """A checkpoint's cost fields for its report row, and a note for each cost column it cannot fill (by key)."""
+def row_costs(path: Path, *, retime: bool, device: str, onnx: bool, foreign: dict | None = None
+              ) -> tuple[dict[str, Any], dict[str, str]]:
+    """A checkpoint's cost fields for its report row, and a note for each cost column it cannot fill (by key).
+    `foreign`: the model config recorded for a file that does not name its model (SPIN's checkpoint)."""
     notes: dict[str, str] = {}
-    profile, why = _profile(path, retime=retime, device=device)
+    profile, why = _profile(path, retime=retime, device=device, foreign=foreign)
     fields = _profile_fields(profile)
     if profile is None:
         for col in COST_COLUMNS:
@@ -35,12 +37,12 @@ def row_costs(path: Path, *, retime: bool, device: str, onnx: bool) -> tuple[dic
         if get_path(profile, ("latency", "b32", "median_ms")) is None:
             notes["latency_b32_ms"] = "batch 32 not timed"
         noise_notes(profile.get("latency") or {}, notes)
-    fields["gpu_latency_ms"], gpu_why = _gpu_latency(path, retime=retime)
+    fields["gpu_latency_ms"], gpu_why = _gpu_latency(path, profile, retime=retime, device=device, foreign=foreign)
     if gpu_why:
         notes["gpu_latency_ms"] = gpu_why
     fields["onnx_latency_ms"] = None
     if onnx:
-        fields["onnx_latency_ms"], onnx_why = _onnx_latency(path, profile, retime=retime)
+        fields["onnx_latency_ms"], onnx_why = _onnx_latency(path, profile, retime=retime, foreign=foreign)
         if onnx_why:
             notes["onnx_latency_ms"] = onnx_why
     return fields, notes
@@ -64,34 +66,40 @@ def _profile_fields(profile: dict | None) -> dict:
     }
 
 
-def _profile(path: Path, *, retime: bool, device: str) -> tuple[dict | None, str]:
+def _profile(path: Path, *, retime: bool, device: str, foreign: dict | None = None) -> tuple[dict | None, str]:
     """The checkpoint's cached profile when the file is unchanged and was profiled on `device` (whatever the thread
     count or resolution then), else profile_checkpoint (which times it)."""
     cached = None if retime else profiler.read_cache(path, profiler.PROFILE_CACHE, device=device)
     if cached is not None:
         return cached, ""
     try:
-        return profiler.profile_checkpoint(path, device=device, retime=retime), ""
+        return profiler.profile_checkpoint(path, device=device, retime=retime, foreign=foreign), ""
     except Exception as exc:  # a report shows what it can; the reason goes into a footnote
         log.warning("could not profile %s: %s", path, exc)
         return None, f"not profiled ({type(exc).__name__}: {str(exc)[:80]})"
 
 
-def _gpu_latency(path: Path, *, retime: bool) -> tuple[float | None, str]:
+def _gpu_latency(path: Path, profile: dict | None, *, retime: bool, device: str, foreign: dict | None
+                 ) -> tuple[float | None, str]:
+    """CUDA latency: the row's own profile when it was profiled on CUDA, else the CUDA profile (its own cache)."""
+    if device.startswith("cuda"):
+        return (profile or {}).get("latency_ms"), ""
     if not torch.cuda.is_available():
         return None, "no CUDA"
-    profile, why = _profile(path, retime=retime, device="cuda")
+    profile, why = _profile(path, retime=retime, device="cuda", foreign=foreign)
     return (profile or {}).get("latency_ms"), why
 
 
-def _onnx_latency(path: Path, profile: dict | None, *, retime: bool) -> tuple[float | None, str]:
+def _onnx_latency(path: Path, profile: dict | None, *, retime: bool, foreign: dict | None = None
+                  ) -> tuple[float | None, str]:
     """onnxruntime CPU latency (batch 1 median), cached beside the checkpoint while the file is unchanged."""
     cached = None if retime else profiler.read_cache(path, profiler.ONNX_LATENCY_CACHE)
     if isinstance(cached, dict) and "median_ms" in cached:
         return cached["median_ms"], ""
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            info = export.export_onnx(path, Path(tmp) / "model.onnx", img_res=(profile or {}).get("img_res"))
+            model, _ = profiler.load_any(str(path), foreign=foreign)
+            info = export.export_onnx(model, Path(tmp) / "model.onnx", img_res=(profile or {}).get("img_res"))
             stats = export.onnx_latency(info["path"], img_res=info["img_res"], batch=1)
     except Exception as exc:
         log.warning("onnxruntime latency failed for %s: %s", path, exc)
@@ -135,7 +143,7 @@ def interleave_latency(rows: list[dict], *, device: str) -> None:
     timed = [r for r in rows if r.get("latency") and r.get("img_res")]
     for res in sorted({r["img_res"] for r in timed}):
         same = [r for r in timed if r["img_res"] == res]
-        models = {r["checkpoint"]: profiler.load_any(r["checkpoint"])[0] for r in same}
+        models = {r["checkpoint"]: profiler.load_any(r["checkpoint"], foreign=r.get("foreign"))[0] for r in same}
         keys = sorted({k for r in same for k in r["latency"] if re.fullmatch(r"b\d+", k)}, key=lambda k: int(k[1:]))
         for key in keys:
             stats = profiler.interleaved_latency(models, img_res=res, batch_size=int(key[1:]), device=device)

@@ -125,13 +125,14 @@ def collect_rows(
             base_row = _virtual_baseline(lineage.node(root.parent), runs_dir=runs_dir, onnx=onnx)
         else:
             base_row = _row(lineage.node(root), "baseline", runs_dir=runs_dir, retime=retime, device=device,
-                            onnx=onnx)
+                            onnx=onnx, foreign=lineage.foreign_model(root))
         rows.append(base_row)
         for path in _tree_order(members, lineage, root, order):
             if path == root:
                 continue
             label, _ = members[path]
-            rows.append(_row(lineage.node(path), label, runs_dir=runs_dir, retime=retime, device=device, onnx=onnx))
+            rows.append(_row(lineage.node(path), label, runs_dir=runs_dir, retime=retime, device=device, onnx=onnx,
+                             foreign=lineage.foreign_model(path)))
         group = rows[start:]
         choose_memory(group)
         if interleave:
@@ -202,10 +203,11 @@ def _run_name(path: Path, runs_dir: Path) -> str:
         return path.parent.name
 
 
-def _row(node: Node, stage: str, *, runs_dir: Path, retime: bool, device: str, onnx: bool) -> dict:
+def _row(node: Node, stage: str, *, runs_dir: Path, retime: bool, device: str, onnx: bool,
+         foreign: dict | None = None) -> dict:
     meta = node.meta
     notes: dict[str, str] = {}
-    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else (foreign or {})
     row: dict[str, Any] = {
         "run": _run_name(node.path, runs_dir),
         "stage": stage,
@@ -213,10 +215,11 @@ def _row(node: Node, stage: str, *, runs_dir: Path, retime: bool, device: str, o
         "model": model.get("name"),
         "parent": str(node.parent) if node.parent else node.parent_ref,
         "created": meta.get("created"),
+        "foreign": foreign,  # the model config recorded for SPIN's file (it does not name its model), else None
     }
     if node.parent_ref and node.parent is None:
         notes["row"] = f"parent checkpoint {node.parent_ref} not found"
-    costs, cost_notes = row_costs(node.path, retime=retime, device=device, onnx=onnx)
+    costs, cost_notes = row_costs(node.path, retime=retime, device=device, onnx=onnx, foreign=foreign)
     row.update(costs)
     notes.update(cost_notes)
     row["metrics"], sources = _metrics(node.path, meta)
