@@ -5,7 +5,9 @@ What it adds on top of Torch-Pruning (tp_glue.py holds the adapters):
   `fc1.in_features == features + 157`;
 - a per-layer minimum keep fraction (1 - max_layer_ratio) is enforced here, because Torch-Pruning's
   `max_pruning_ratio` is not a hard cap under global ranking (upstream #448);
-- a ratio that would empty a layer is refused with the layer named.
+- a ratio that would empty a layer is refused with the layer named;
+- round_to is applied here, not by Torch-Pruning (which rounds the kept count *down*, to zero for a layer narrower
+  than round_to / (1 - ratio)): see `round_keep`.
 The budget and latency searches (budget.py, latency.py) choose widths and call `prune_channels` with them.
 """
 from __future__ import annotations
@@ -109,8 +111,24 @@ class PruneResult:
 # ----------------------------------------------------------------------------------------------- guards
 
 
+def round_keep(width: int, keep: int, round_to: int) -> int:
+    """The kept channel count of a layer of `width` channels that would keep `keep` without rounding (prune.round_to).
+
+    The nearest multiple of round_to (a tie keeps more), at least round_to: rounding never empties a layer. When
+    that is not below `width` (a layer narrower than round_to, or one whose nearest multiple is its own width or
+    above it) the layer stays whole, so a kept count is either the full width or a multiple of round_to.
+    Nearest rather than down (Torch-Pruning's rule): a 24-channel layer at ratio 0.3 keeps 16, not 8, with
+    round_to=8; the per-layer ratio stays as close to the requested one as the multiple allows.
+    """
+    if round_to <= 1:
+        return keep
+    rounded = max(round_to, math.floor(keep / round_to + 0.5) * round_to)
+    return width if rounded >= width else rounded
+
+
 def _preflight(model: nn.Module, spec: PruneSpec, ignored: set[nn.Module], by_module: dict[str, float]) -> None:
-    """Refuse a ratio (with round_to) that would remove every output channel of a layer, naming it."""
+    """Refuse a ratio that would remove every output channel of a layer, naming it (with round_to > 1 a layer
+    keeps at least round_to channels or stays whole, see `round_keep`)."""
     ratio_of = {}
     for name, ratio in by_module.items():
         root = model.get_submodule(name)
@@ -125,12 +143,11 @@ def _preflight(model: nn.Module, spec: PruneSpec, ignored: set[nn.Module], by_mo
         ratio = ratio_of.get(m, spec.ratio)
         if ratio <= 0:
             continue
-        keep = int(n * (1 - ratio))
-        keep -= keep % spec.round_to
+        keep = round_keep(n, int(n * (1 - ratio)), spec.round_to)
         if keep <= 0:
             where = f"ratio_by_module.{name}" if m in ratio_of else "ratio"
-            raise UserError(f"prune.{where}: {ratio} with round_to={spec.round_to} would remove all {n} output "
-                            f"channels of {name}; lower it or add {name!r} to prune.ignore")
+            raise UserError(f"prune.{where}: {ratio} would remove all {n} output channels of {name}; lower it or "
+                            f"add {name!r} to prune.ignore")
 
 
 def min_keep_count(original: int, min_keep: float, round_to: int) -> int:
@@ -168,6 +185,33 @@ def _enforce_min_keep(pruner, group, original: dict[nn.Module, int], min_keep: f
         order = sorted(idxs, key=lambda i: float(scores[i]))
     log.info("min keep: %s prunes %d instead of %d channels", name, allowed, len(idxs))
     return graph.get_pruning_group(root, fn, sorted(order[:allowed]))
+
+
+def _round_group(pruner, group, round_to: int, names: dict[nn.Module, str]):
+    """The group re-cut so its root keeps `round_keep(...)` channels, the most important ones (None: leave it
+    whole). Grouped convs, whose channels go in equal shares per group, are left whole unless their kept count is
+    already a multiple of round_to."""
+    if round_to <= 1:
+        return group
+    graph = pruner.DG
+    root = group[0].dep.target.module
+    fn = group[0].dep.handler
+    current = graph.get_out_channels(root)
+    idxs = list(group[0].idxs)
+    keep = round_keep(current, current - len(idxs), round_to)
+    name = names.get(root, graph._module2name.get(root, "?"))
+    if keep >= current:
+        log.info("round_to: %s stays at %d channels (would keep %d)", name, current, current - len(idxs))
+        return None
+    if keep == current - len(idxs):
+        return group
+    if pruner._get_channel_groups(group) > 1:
+        log.info("round_to: grouped %s stays at %d channels", name, current)
+        return None
+    full = graph.get_pruning_group(root, fn, list(range(current)))
+    scores = pruner.estimate_importance(full)
+    order = list(range(current)) if scores is None else sorted(range(current), key=lambda i: (float(scores[i]), i))
+    return graph.get_pruning_group(root, fn, sorted(order[:current - keep]))
 
 
 def _cut_to_width(pruner, group, keep: Mapping[str, int], names: dict[nn.Module, str]):
@@ -244,7 +288,7 @@ def prune_channels(model: nn.Module, spec: PruneSpec, example_inputs: torch.Tens
         model, example, importance=importance, ignored=ignored, timeout_s=options.build_timeout_s,
         pruning_ratio=spec.ratio, pruning_ratio_dict={by_module[n]: r for n, r in spec.ratio_by_module.items()},
         global_pruning=spec.global_, max_pruning_ratio=spec.max_layer_ratio, iterative_steps=spec.iterative_steps,
-        round_to=spec.round_to if spec.round_to > 1 else None)
+        round_to=None)  # rounded here (_round_group): Torch-Pruning's rounding down can empty a layer
     build_s = time.perf_counter() - t0
     if n_shuffles:
         notes.append(f"ShuffleNetV2: {n_shuffles} channel shuffles pruned through their permutation (paired channels)")
@@ -302,6 +346,9 @@ def _run_steps(model: nn.Module, pruner: tp.pruner.BasePruner, spec: PruneSpec, 
                     if widths is not None:
                         group = _cut_to_width(pruner, group, widths, names)
                     else:
+                        group = _round_group(pruner, group, spec.round_to, names)
+                        if group is None:
+                            continue
                         group = _enforce_min_keep(pruner, group, original_out, min_keep, spec.round_to, names)
                     if group is None:
                         continue
