@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.data.fits import fit_validity
 from compress.errors import UserError
 from compress.geometry import batch_rodrigues, project_to_crop
 from compress.recipe import TrainSpec
@@ -26,12 +27,15 @@ HIP_RIGHT, HIP_LEFT = 2, 3  # J24 indices whose mid-point centres the 3D keypoin
 
 SPIN_TERMS = ("kp2d", "kp3d", "pose", "betas", "shape", "cam")
 DISTILL_TERMS = ("distill_rotmat", "distill_betas", "distill_cam", "distill_joints", "distill_features")
+STAT_TERMS = ("fits_rejected",)  # logged with the terms, never weighted into the total
 
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
     """Weights of every term; defaults are SPIN's (keypoint_loss_weight 5 for 2D and 3D, pose 1, betas 0.001,
-    shape 0, camera 1, OpenPose joints 0, GT joints 1, total x60). Distillation terms default to off."""
+    shape 0, camera 1, OpenPose joints 0, GT joints 1, total x60). Distillation terms default to off.
+    fit_threshold: static fits whose SMPLify reprojection loss is not below it are no SMPL target (SPIN's
+    smplify_threshold, 100); None uses every fit."""
 
     kp2d: float = 5.0
     kp3d: float = 5.0
@@ -42,6 +46,7 @@ class LossWeights:
     openpose_weight: float = 0.0
     gt_weight: float = 1.0
     loss_scale: float = 60.0
+    fit_threshold: float | None = 100.0
     distill_rotmat: float = 0.0
     distill_betas: float = 0.0
     distill_cam: float = 0.0
@@ -58,7 +63,8 @@ def loss_weights(spec: TrainSpec, *, distill: bool = True) -> LossWeights:
     `distill` section's rotmat, betas, cam, joints, features. distill=False (no teacher) or spec.distill None
     zeroes the KD terms."""
     kw = {f.name: float(getattr(spec, f.name)) for f in dataclasses.fields(LossWeights)
-          if not f.name.startswith("distill_")}
+          if not f.name.startswith("distill_") and f.name != "fit_threshold"}
+    kw["fit_threshold"] = None if spec.fit_threshold is None else float(spec.fit_threshold)
     kd = spec.distill
     if distill and kd is not None:  # an empty kd.teacher means "the default teacher": the caller resolves it
         kw.update(distill_rotmat=kd.rotmat, distill_betas=kd.betas, distill_cam=kd.cam, distill_joints=kd.joints,
@@ -150,24 +156,42 @@ TARGET_KEYS = ("keypoints", "pose_3d", "has_pose_3d", "pose", "betas", "has_smpl
 
 def batch_targets(batch: dict, device: torch.device, *, fits=None) -> dict[str, torch.Tensor]:
     """The batch's targets on `device` (float); with static fits (compress.data.fits.StaticFits), samples without
-    SMPL ground truth get their fit as SMPL target."""
+    SMPL ground truth get their fit as SMPL target (marked in "fitted")."""
     targets = {k: batch[k].to(device, non_blocking=True).float() for k in TARGET_KEYS}
     if fits:
         fits.apply(batch, targets)
     return targets
 
 
+def reject_bad_fits(targets: dict, joints: torch.Tensor, threshold: float) -> tuple[dict, torch.Tensor]:
+    """SPIN's valid_fit = (fit loss < threshold) | has_smpl: the targets with has_smpl cleared on the fitted
+    samples whose fit (SMPL joints (B, 49, 3) of the targets) fails, and the fraction of the batch rejected."""
+    rejected = (targets["fitted"] > 0.5) & ~fit_validity(joints, targets["keypoints"], threshold=threshold)
+    return {**targets, "has_smpl": targets["has_smpl"] * (~rejected).float()}, rejected.float().mean()
+
+
 def spin_batch_terms(out: dict, smpl: Callable, targets: dict, *, weights: LossWeights, img_res: int):
     """SMPL of the prediction (float32: blend shapes and skinning lose too much in half) and SPIN's terms.
-    smpl(rotmat, betas) -> .joints (B, 49, 3), .vertices. Returns (terms, the prediction's SMPL output)."""
+    smpl(rotmat, betas) -> .joints (B, 49, 3), .vertices. With static fits in `targets` and a fit threshold, the
+    fits that fail SPIN's validity rule are no SMPL target, and "fits_rejected" (a statistic, not weighted) is the
+    fraction of the batch they make up. Returns (terms, the prediction's SMPL output)."""
     pred = smpl(out["rotmat"].float(), out["betas"].float())
-    gt_vertices = None
-    if weights.shape > 0:
+    judge = weights.fit_threshold is not None and "fitted" in targets
+    target_smpl = None
+    if weights.shape > 0 or (judge and bool((targets["fitted"] > 0.5).any())):
         with torch.no_grad():
             gt_rotmat = batch_rodrigues(targets["pose"].reshape(-1, 3)).reshape(-1, 24, 3, 3)
-            gt_vertices = smpl(gt_rotmat, targets["betas"]).vertices  # (B, 6890, 3)
+            target_smpl = smpl(gt_rotmat, targets["betas"])  # .vertices (B, 6890, 3), .joints (B, 49, 3)
+    rejected = None
+    if judge:
+        rejected = targets["has_smpl"].new_zeros(())
+        if target_smpl is not None:
+            targets, rejected = reject_bad_fits(targets, target_smpl.joints, weights.fit_threshold)
+    gt_vertices = target_smpl.vertices if weights.shape > 0 else None
     terms = spin_losses(out, pred.vertices, pred.joints, targets, weights=weights, img_res=img_res,
                         gt_vertices=gt_vertices)
+    if rejected is not None:
+        terms["fits_rejected"] = rejected
     return terms, pred
 
 
@@ -215,8 +239,8 @@ def distill_losses(out: dict, teacher: dict, *, joints: torch.Tensor, teacher_jo
 
 
 def total_loss(terms: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """loss_scale x sum(weight x term), over the terms present."""
-    total = sum(getattr(weights, name) * value for name, value in terms.items())
+    """loss_scale x sum(weight x term), over the terms present (statistics such as fits_rejected excluded)."""
+    total = sum(getattr(weights, name) * value for name, value in terms.items() if name not in STAT_TERMS)
     return weights.loss_scale * total
 
 

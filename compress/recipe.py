@@ -176,6 +176,9 @@ class TrainSpec:
     openpose_weight: float = opt(0.0, "confidence multiplier of the OpenPose 2D joints", ge=0)
     gt_weight: float = opt(1.0, "confidence multiplier of the ground-truth 2D joints", ge=0)
     loss_scale: float = opt(60.0, "total loss multiplier (SPIN: 60)", gt=0)
+    fit_threshold: Optional[float] = opt(
+        100.0, "static fits whose SMPLify reprojection loss (224 px frame) is not below this are no SMPL target "
+        "(SPIN: 100; null: use every fit)", gt=0)
     distill: Optional[DistillSpec] = opt(None, "distillation from a teacher (null: off)")
 
 

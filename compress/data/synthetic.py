@@ -20,8 +20,12 @@ Evaluation files also carry the GT `pose`, `shape` and `cam` (extra keys) so a g
 evaluated. The gendered models are the neutral one with a shifted shape mean (body.GENDER_BETAS), so a 3DPW
 sample's mesh equals the neutral model's with betas `shape + GENDER_BETAS[gender]`; with the GT betas as they are
 (what SPIN's protocol does to a perfect prediction) the neutral/gendered gap is ~18 mm MPJPE, ~6 mm PA-MPJPE.
-`static_fits/<dataset>_fits.npy` (N, 82) hold the exact pose+betas of the training sets (SPIN's static-fits
-layout), for trainers that use fits where `has_smpl` is 0.
+`static_fits/<dataset>_fits.npy` (N, 82) hold the pose+betas of the training sets (SPIN's static-fits layout), for
+trainers that use fits where `has_smpl` is 0: exact, except deliberately bad ones in the sets without SMPL ground
+truth (h36m and the in-the-wild sets), as SPIN's SMPLify fits include failures: sample i with i % 10 == 1 has a
+wrong pose (another body pose, turned 45-75 deg in the image plane: SMPLify reprojection loss ~400 or more, which
+SPIN's validity rule rejects) and i % 10 == 2 one beta of magnitude 3.5-5 (SPIN zeroes the betas of such fits).
+Exact fits score ~0-3 (OpenPose noise), far below SPIN's threshold of 100.
 
 LSP test: `upi-s1h/data/lsp/imXXXX_segmentation.png` (0 background, 255 body) and
 `..._part_segmentation.png` (0 background, 1..6 = compress.data.body.LSP_PART_NAMES, 255 = ignore on part
@@ -51,7 +55,7 @@ from compress.smpl import SMPL
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: smpl_mean_params.npz holds the training poses' mean
+FORMAT_VERSION = 3  # 2: smpl_mean_params.npz holds the training poses' mean; 3: bad static fits
 MANIFEST = "synthetic.json"
 H36M_CAMERAS = ("54138969", "55011271", "58860488", "60457274")  # P2 uses the last one, as SPIN
 J17_SET = sorted(set(C.J24_TO_J17))
@@ -69,6 +73,8 @@ SIZES = {
                 "coco_2014_train": 450, "mpi_inf_3dhp_train": 300},
 }
 BATCH = 32
+BAD_FIT_EVERY = 10  # static fits without SMPL ground truth: i % 10 == 1 wrong pose, i % 10 == 2 |beta| > 3
+WRONG_POSE, EXTREME_BETAS = 1, 2
 
 
 # ----------------------------------------------------------------------------------------------- poses
@@ -474,11 +480,32 @@ def _build_all(synth: _Synth, root: Path, counts: dict, seed: int) -> dict[str, 
     fits["mpi-inf-3dhp"] = np.concatenate([d["pose"], d["betas"]], 1)
     done("mpi_inf_3dhp_train", n, t0)
 
+    rng = np.random.default_rng([seed, BAD_FIT_EVERY])  # its own stream: the rendered samples stay as they were
+    for key in fits:
+        if key != "mpi-inf-3dhp":  # the one training set with SMPL ground truth: its fits are never used
+            fits[key] = spoil_fits(fits[key], rng)
     (root / "static_fits").mkdir(exist_ok=True)
     for key, arr in fits.items():
         np.save(root / "static_fits" / f"{key}_fits.npy", arr.astype(np.float32))  # SPIN: <dataset key>_fits.npy
     _write_mean_params(root, np.concatenate(list(fits.values())))
     return written
+
+
+def spoil_fits(fits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of the fits (N, 82) with deliberately bad rows (module doc): i % BAD_FIT_EVERY == WRONG_POSE gets a
+    new body pose and its global orientation turned 45-75 deg about the camera's axis (in the image plane; from
+    ~90 deg on, the estimated camera tends to land behind the body, which compress.data.fits rejects separately);
+    == EXTREME_BETAS gets one beta of magnitude 3.5-5."""
+    out = fits.copy()
+    rows = np.arange(len(out)) % BAD_FIT_EVERY
+    wrong, extreme = np.nonzero(rows == WRONG_POSE)[0], np.nonzero(rows == EXTREME_BETAS)[0]
+    turn = _rot(2, rng.uniform(np.pi / 4, 5 * np.pi / 12, len(wrong)) * rng.choice([-1.0, 1.0], len(wrong)))
+    glob = Rotation.from_rotvec(out[wrong, :3]).as_matrix()
+    out[wrong, :3] = Rotation.from_matrix(turn @ glob).as_rotvec()
+    out[wrong, 3:72] = _aa(sample_body_pose(rng, len(wrong)).reshape(-1, 3, 3)).reshape(len(wrong), 69)
+    size = rng.choice([-1.0, 1.0], len(extreme)) * rng.uniform(3.5, 5.0, len(extreme))
+    out[extreme, 72 + rng.integers(0, 10, len(extreme))] = size
+    return out
 
 
 def _write_mean_params(root: Path, fits: np.ndarray) -> None:
