@@ -195,13 +195,16 @@ def spin_batch_terms(out: dict, smpl: Callable, targets: dict, *, weights: LossW
     return terms, pred
 
 
-def spin_loss_fn(smpl: Callable, *, weights: LossWeights, img_res: int, device: torch.device, fits=None) -> Callable:
+def spin_loss_fn(smpl: nn.Module, *, weights: LossWeights, img_res: int, fits=None) -> Callable:
     """loss_fn(model, batch) -> SPIN's weighted total, the training loss without distillation (for Taylor
-    importance: the gradients pruning ranks channels by are those fine-tuning will follow)."""
+    importance: the gradients pruning ranks channels by are those fine-tuning will follow). The batch and SMPL go
+    to the device of the model it is called with (a latency target may move the model to CUDA after this is built)."""
 
     def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
+        device = next(model.parameters()).device
+        body = smpl.to(device)
         targets = batch_targets(batch, device, fits=fits)
-        terms, _ = spin_batch_terms(model(batch["img"].to(device)), smpl, targets, weights=weights, img_res=img_res)
+        terms, _ = spin_batch_terms(model(batch["img"].to(device)), body, targets, weights=weights, img_res=img_res)
         return compute_losses(terms, weights)["total"]
 
     return loss_fn

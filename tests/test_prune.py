@@ -504,3 +504,24 @@ def test_keep_widths_cuts_each_group_to_its_width_and_stays_equivalent(img):
     assert all(summary.widths.get(r, {"after": [0, -1]})["after"][1] in (-1, g.width)
                for g in groups for r in [g.root] if r in untouched)
     assert_soft_mask_equivalent(model, pruned, summary, img)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_taylor_with_a_latency_target_calibrates_on_the_timing_device(synth_root, tmp_path, monkeypatch, device):
+    """The latency search moves the model to prune.target.device after run_prune built the Taylor loss: the loss
+    must follow the model (it was built on the CPU and met a CUDA model: a device mismatch)."""
+    from compress.recipe import load_recipe
+
+    _fake_timers(monkeypatch)
+    (tmp_path / "r.yaml").write_text(
+        f"name: lat\nmodel: {{name: hmr_mobilenet_v2, img_res: 32}}\ndata: {{root: '{synth_root}', workers: 0}}\n"
+        f"prune:\n  importance: taylor\n  calibration: 1\n"
+        f"  target: {{latency_ratio: 0.8, device: {device}, threads: 1}}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    run = run_prune(recipe, out_dir=tmp_path / "run")
+    assert run.result.target.device.startswith(device) and run.result.target.met
+    assert run.result.calibration_batches == 1
+    assert run.result.after.params_total < run.result.before.params_total

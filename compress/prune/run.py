@@ -39,13 +39,13 @@ class PruneRun:
         return {**self.result.to_json(), "checkpoint": self.checkpoint, "parent": self.parent}
 
 
-def hmr_loss_fn(recipe: Recipe, *, device: torch.device) -> Callable:
-    """loss_fn(model, batch) -> SPIN's weighted fine-tuning loss (static fits included), for Taylor importance."""
+def hmr_loss_fn(recipe: Recipe) -> Callable:
+    """loss_fn(model, batch) -> SPIN's weighted fine-tuning loss (static fits included), for Taylor importance; it
+    runs on the device of the model it is given."""
     spec = recipe.finetune or recipe.train or TrainSpec()
-    smpl = training_smpl(recipe.data.root, spec).to(device)
+    smpl = training_smpl(recipe.data.root, spec)
     fits = StaticFits(recipe.data.root, recipe.data.train_datasets)
-    return spin_loss_fn(smpl, weights=loss_weights(spec, distill=False), img_res=recipe.model.img_res,
-                        device=device, fits=fits)
+    return spin_loss_fn(smpl, weights=loss_weights(spec, distill=False), img_res=recipe.model.img_res, fits=fits)
 
 
 def calibration_batches(recipe: Recipe, *, n: int, batch_size: int = 8) -> list[dict]:
@@ -70,7 +70,7 @@ def run_prune(recipe: Recipe, *, out_dir: str | Path | None = None) -> PruneRun:
     example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device)
     loss_fn = batches = None
     if spec.importance == "taylor":
-        loss_fn = hmr_loss_fn(recipe, device=device)
+        loss_fn = hmr_loss_fn(recipe)
         batches = calibration_batches(recipe, n=spec.calibration)
         if len(batches) < spec.calibration:
             log.warning("prune: only %d calibration batches available (prune.calibration=%d)", len(batches),
