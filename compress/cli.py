@@ -6,7 +6,6 @@ Errors the user can fix exit with code 2 and one line; `--debug` shows the trace
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from typing import Callable
 
 from compress.devices import AUTO, DEVICE_HELP, resolve_device
 from compress.errors import UserError
+from compress.io import json_text
 from compress.recipe import DEFAULT_DATA_ROOT, data_root
 
 log = logging.getLogger("compress")
@@ -38,7 +38,7 @@ def _console(stderr: bool = False):
 
 def _print_json(obj) -> None:
     if _rank() == 0:
-        print(json.dumps(obj, indent=2, sort_keys=False))
+        print(json_text(obj, indent=2))  # strict JSON: NaN -> null
 
 
 def _parse_set(pairs: list[str]) -> dict:
@@ -204,11 +204,13 @@ def _train_progress(bar, label: str):
 
 
 def cmd_train(args) -> int:
+    resolve_device(args.device)  # a bad --device fails before any work
     recipe = load_recipe_args(args)
     from compress.train import run_train
 
     with _progress() as bar:
-        result = run_train(recipe, out_dir=args.out, resume=args.resume, progress=_train_progress(bar, "train"))
+        result = run_train(recipe, out_dir=args.out, resume=args.resume, progress=_train_progress(bar, "train"),
+                           device=args.device)
     _print_summary("train", result)
     return 0
 
@@ -239,12 +241,13 @@ def cmd_finetune(args) -> int:
     from compress.runs import resolve_run
     from compress.train import run_finetune
 
+    resolve_device(args.device)
     run = resolve_run(args.run)  # --run DIR or NAME, else runs/latest
     # the run's recipe keeps the data root it was made with; only --data (or --set data.root=) changes it
     overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
     with _progress() as bar:
         result = run_finetune(run, epochs=args.epochs, overrides=overrides, resume=args.resume, out_dir=args.out,
-                              progress=_train_progress(bar, f"finetune {run.name}"))
+                              progress=_train_progress(bar, f"finetune {run.name}"), device=args.device)
     _print_summary("finetune", result)
     return 0
 
@@ -454,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _recipe_command(sub, "train", "train a baseline HMR for any zoo model (SPIN losses, no discriminator)",
                         example="recipes/mbv2_baseline.yaml")
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
+    p.add_argument("--device", default=AUTO, help=DEVICE_HELP + "; under torchrun each process takes its local GPU")
     p.set_defaults(func=cmd_train)
 
     p = _recipe_command(sub, "prune", "structured channel pruning from a recipe -> runs/<name>/pruned.pt",
@@ -472,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the fine-tuned model, log and metrics here instead of into the run (e.g. "
                         "--set finetune.distill=null --out runs/mbv2_p1_nokd for a comparison without distillation)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last epoch checkpoint")
+    p.add_argument("--device", default=AUTO, help=DEVICE_HELP + "; under torchrun each process takes its local GPU")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("sensitivity", help="prune one layer group at a time, evaluate on a subset, rank; PNG + JSON")

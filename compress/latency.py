@@ -26,6 +26,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from compress.io import atomic_write_text, json_text
+
 log = logging.getLogger(__name__)
 
 LUT_VERSION = 3
@@ -156,11 +158,8 @@ class LatencyLUT:
         if path is None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": LUT_VERSION, "meta": self.meta, "entries": self.table}, indent=1,
-                                  sort_keys=True))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json_text({"version": LUT_VERSION, "meta": self.meta, "entries": self.table},
+                                                 indent=1, sort_keys=True))
 
 
 def lut_filename(meta: dict) -> str:

@@ -163,6 +163,8 @@ class TrainSpec:
         "constant", "after the warm-up: constant (SPIN) or cosine decay to 0 at the run's last step")
     seed: int = opt(0, "random seed (data order, augmentation, init)")
     amp: bool = opt(True, "mixed precision (only used on CUDA)")
+    amp_dtype: Literal["auto", "bf16", "fp16"] = opt(
+        "auto", "with amp on CUDA: bf16, fp16 (with a GradScaler), or auto (bf16 where the GPU supports it)")
     channels_last: bool = opt(False, "channels-last memory format")
     compile: bool = opt(False, "torch.compile the model")
     log_every: int = opt(20, "log every N steps", ge=1)

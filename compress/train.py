@@ -38,9 +38,10 @@ from compress.data.datasets import training_set
 from compress.data.fits import StaticFits
 from compress.distributed import (DistInfo, all_reduce_mean, barrier, epoch_seed, init_distributed, rng_state,
                                   seed_all, select_device, set_rng_state, set_sync_batchnorm)
+from compress.devices import AUTO, resolve_device
 from compress.errors import UserError
 from compress.eval.protocols import evaluate
-from compress.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from compress.io import atomic_torch_save, atomic_write_json, atomic_write_text, json_text
 from compress.models import regressor_parameters
 from compress.losses import (LossWeights, batch_targets, check_finite, compute_losses, distill_losses, loss_values,
                              loss_weights, spin_batch_terms)
@@ -156,7 +157,7 @@ def train_one_epoch(state: TrainState, loader: Iterable[dict], *, max_steps: int
 
 def append_log(run_dir: Path, record: dict) -> None:
     with open(Path(run_dir) / LOG_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json_text(record, indent=None) + "\n")  # strict JSON: a NaN loss is logged as null
 
 
 def truncate_log(run_dir: Path, *, phase: str, step: int) -> None:
@@ -190,8 +191,9 @@ def save_train_state(state: TrainState, path: Path, *, phase: str, stage: str, s
 
 def load_train_state(state: TrainState, path: Path, *, phase: str, stage: str) -> None:
     """Restore an epoch checkpoint written by save_train_state into `state` (before DDP wrapping is irrelevant:
-    the wrapper shares the module's parameters)."""
-    payload = torch.load(path, map_location=state.device, weights_only=True)
+    the wrapper shares the module's parameters). Read to the CPU: the RNG states must stay CPU ByteTensors, and
+    load_state_dict copies weights and optimizer moments onto the model's device."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != STATE_FORMAT or payload.get("phase") != phase:
         raise UserError(f"{path} is not a {phase} checkpoint of this run (found {payload.get('phase')!r}): "
                         "run without --resume to start over")
@@ -330,10 +332,15 @@ def set_total_steps(scheduler, total: int) -> None:
 
 
 def amp_dtype(spec: TrainSpec, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16 (with a GradScaler); None (fp32) on CPU or with amp off."""
+    """spec.amp_dtype on CUDA (auto: bf16 where the GPU supports it, else fp16, which gets a GradScaler); None
+    (fp32) on CPU or with amp off."""
     if not spec.amp or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if spec.amp_dtype == "fp16":
+        return torch.float16
+    if spec.amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("amp_dtype bf16: this GPU has no bfloat16 support; set amp_dtype: fp16 (or auto)")
+    return torch.bfloat16 if spec.amp_dtype == "bf16" or torch.cuda.is_bf16_supported() else torch.float16
 
 
 def make_state(model: nn.Module, smpl: nn.Module, spec: TrainSpec, *, img_res: int, device: torch.device, info: DistInfo,
@@ -367,7 +374,7 @@ def make_state(model: nn.Module, smpl: nn.Module, spec: TrainSpec, *, img_res: i
 
 
 def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: DistInfo,
-                   pin_memory: bool = False) -> Callable[[int], torch.utils.data.DataLoader]:
+                   pin_memory: bool = False, section: str = "train") -> Callable[[int], torch.utils.data.DataLoader]:
     """make_loader(epoch): this rank's share of a seeded shuffle of `dataset` (DistributedSampler, also for one
     process, so the global order is the same for any world size) in batches of batch_size / world."""
     if batch_size % info.world:
@@ -376,7 +383,7 @@ def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: D
     per_rank = batch_size // info.world
     if len(dataset) < batch_size:
         raise UserError(f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size}: "
-                        "lower the batch size (--set train.batch_size=... or finetune.batch_size=...)")
+                        f"lower the batch size (--set {section}.batch_size=...)")
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True,
                                                   seed=seed, drop_last=True)
 
@@ -397,7 +404,7 @@ def loader_factory(dataset, *, batch_size: int, workers: int, seed: int, info: D
 
 
 def run_train(recipe: Recipe, *, out_dir: str | os.PathLike | None = None, resume: bool = False,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None, device: str | None = None) -> dict:
     """`compress train`: a baseline for recipe.model (from scratch, ImageNet weights, or model.checkpoint) with
     recipe.train; writes runs/NAME/{recipe.yaml, trained.pt, last.pt, log.jsonl, metrics/trained.json}."""
     spec = recipe.train or TrainSpec()
@@ -407,12 +414,12 @@ def run_train(recipe: Recipe, *, out_dir: str | os.PathLike | None = None, resum
     if int(os.environ.get("RANK", "0")) == 0:
         save_recipe(recipe, run_dir / RECIPE_FILE)
     return _run(recipe, spec, model, run_dir=run_dir, phase="train", stage="trained", epochs=spec.epochs,
-                out_name=TRAINED, parent=parent, teacher=None, resume=resume, progress=progress)
+                out_name=TRAINED, parent=parent, teacher=None, resume=resume, progress=progress, device=device)
 
 
 def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overrides: Iterable[str] = (),
-                 resume: bool = False, progress: Progress | None = None, out_dir: str | os.PathLike | None = None
-                 ) -> dict:
+                 resume: bool = False, progress: Progress | None = None, out_dir: str | os.PathLike | None = None,
+                 device: str | None = None) -> dict:
     """`compress finetune`: fine-tune the run's pruned.pt with the run's recipe (`overrides` as --set) for `epochs`
     (default recipe.finetune.epochs), distilling from finetune.distill.teacher when set; writes finetuned.pt with
     meta stage "FT(N)" and the evaluation metrics into `out_dir` (default: the run itself; another directory
@@ -430,7 +437,7 @@ def run_finetune(run_dir: str | os.PathLike, *, epochs: int | None = None, overr
     teacher = load_teacher(recipe, spec, run_dir=run_dir)
     return _run(recipe, spec, model, run_dir=Path(out_dir or run_dir), phase="finetune", stage=f"FT({n})",
                 epochs=n, out_name=FINETUNED, parent=str(pruned), teacher=teacher, resume=resume,
-                progress=progress)
+                progress=progress, device=device)
 
 
 def load_teacher(recipe: Recipe, spec: TrainSpec, *, run_dir: Path) -> nn.Module | None:
@@ -461,11 +468,13 @@ def load_teacher(recipe: Recipe, spec: TrainSpec, *, run_dir: Path) -> nn.Module
 
 
 def _run(recipe: Recipe, spec: TrainSpec, model: nn.Module, *, run_dir: Path, phase: str, stage: str, epochs: int, out_name: str,
-         parent: str | None, teacher: nn.Module | None, resume: bool, progress: Progress | None) -> dict:
-    """The part train and finetune share: DDP setup, resume, fit, evaluation, final checkpoint."""
+         parent: str | dict | None, teacher: nn.Module | None, resume: bool, progress: Progress | None,
+         device: str | None = None) -> dict:
+    """The part train and finetune share: DDP setup, resume, fit, evaluation, final checkpoint. `device`: auto
+    (None; CUDA when available, this process's GPU under torchrun), cpu or cuda[:N]."""
     info = init_distributed()
     try:
-        device = select_device(info)
+        device = train_device(info, device)
         run_dir = Path(run_dir)
         if info.main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -488,7 +497,7 @@ def _run(recipe: Recipe, spec: TrainSpec, model: nn.Module, *, run_dir: Path, ph
             truncate_log(run_dir, phase=phase, step=0)  # a fresh start replaces this phase's earlier curve
         dataset = training_set(recipe.data, img_res=img_res, augment=recipe.data.augment, seed=spec.seed)
         make_loader = loader_factory(dataset, batch_size=spec.batch_size, workers=recipe.data.workers,
-                                     seed=spec.seed, info=info, pin_memory=device.type == "cuda")
+                                     seed=spec.seed, info=info, pin_memory=device.type == "cuda", section=phase)
         opts = FitOptions(epochs=epochs, steps_per_epoch=spec.steps_per_epoch, seed=spec.seed,
                           log_every=spec.log_every, run_dir=run_dir, phase=phase, stage=stage,
                           checkpoint_every_epoch=spec.checkpoint_every_epoch)
@@ -504,6 +513,14 @@ def _run(recipe: Recipe, spec: TrainSpec, model: nn.Module, *, run_dir: Path, ph
     finally:
         if info.owned and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def train_device(info: DistInfo, requested: str | None) -> torch.device:
+    """The device of this process: --device (auto: select_device, CUDA's local rank under torchrun)."""
+    chosen = resolve_device(requested)
+    if chosen.type == "cuda" and (requested in (None, AUTO) or info.world > 1):
+        return select_device(info)
+    return chosen
 
 
 def _finish(model: nn.Module, recipe: Recipe, *, run_dir: Path, out_name: str, stage: str, parent: str | None, epochs: int,

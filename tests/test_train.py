@@ -15,7 +15,8 @@ from compress.models import create_model
 from compress.distributed import DistInfo, rng_state, set_rng_state, set_sync_batchnorm
 from compress.runs import LAST
 from compress.recipe import TrainSpec
-from compress.train import FitOptions, LRFactor, fit, load_train_state, make_state, train_one_epoch
+from compress.train import (FitOptions, LRFactor, amp_dtype, fit, load_train_state, loader_factory, make_state,
+                            train_one_epoch)
 
 _EPOCH = EPOCH
 
@@ -113,6 +114,38 @@ def test_resume_from_epoch_checkpoint_is_exact(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(UserError, match="stage"):
         load_train_state(_state(), tmp_path / LAST, phase="train", stage="FT(3)")
+
+
+def test_resume_reads_the_epoch_checkpoint_to_the_cpu_first(tmp_path):
+    """A run on CUDA resumes through the CPU: the saved RNG ByteTensors must stay CPU tensors (torch.set_rng_state
+    rejects CUDA ones), and the weights and optimizer state follow the model's device when loaded into it. The state
+    claims a CUDA device here; a map_location=state.device load would fail on this machine or, on a GPU host, in
+    set_rng_state."""
+    fit(_state(), _loader_factory(ToyData(16)), FitOptions(epochs=1, steps_per_epoch=2, run_dir=tmp_path, stage="x"))
+    resumed = _state()
+    resumed.device = torch.device("cuda", 0)
+    load_train_state(resumed, tmp_path / LAST, phase="train", stage="x")
+    assert resumed.epoch == 1 and resumed.step == 2
+    assert all(p.device.type == "cpu" for p in resumed.model.parameters())
+    assert all(t.device.type == "cpu" for s in resumed.optimizer.state.values() for t in s.values()
+               if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("section", ["train", "finetune"])
+def test_a_set_smaller_than_one_batch_names_the_sections_key(section):
+    with pytest.raises(UserError) as err:
+        loader_factory(ToyData(3), batch_size=8, workers=0, seed=0, info=DistInfo(), section=section)
+    other = {"train": "finetune", "finetune": "train"}[section]
+    assert f"--set {section}.batch_size=" in str(err.value) and f"{other}.batch_size" not in str(err.value)
+
+
+def test_amp_dtype_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert amp_dtype(_spec(amp=True, amp_dtype="fp16"), cpu) is None  # fp32 on the CPU
+    assert amp_dtype(_spec(amp=False, amp_dtype="fp16"), cuda) is None
+    assert amp_dtype(_spec(amp=True, amp_dtype="fp16"), cuda) == torch.float16
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        assert amp_dtype(_spec(amp=True, amp_dtype="bf16"), cuda) == torch.bfloat16
 
 
 def test_encoder_lr_gives_the_encoder_its_own_rate():
