@@ -199,9 +199,9 @@ def test_item_layout_and_values(root):
     assert item["maskname"] == "" and item["is_flipped"] == 0 and item["rot_angle"] == 0.0
     raw = np.load(root / "dataset_extras" / "3dpw_test.npz")
     np.testing.assert_allclose(item["pose"].numpy(), raw["pose"][1], atol=1e-6)
-    # the image is the crop of the file
+    # the image is the crop of the file (an evaluation split: SPIN's eval crop)
     img = np.asarray(Image.open(root / "3dpw" / "images" / "im0001.png"))
-    crop = C.crop_image(img, raw["center"][1], raw["scale"][1], RES)
+    crop = C.spin_crop(img, raw["center"][1], raw["scale"][1], RES)
     np.testing.assert_allclose(_denorm(item["img"]), crop, atol=1e-3)
     lsp = BaseDataset(root, "lsp", img_res=RES, is_train=False, augment=False)[0]
     assert lsp["maskname"].endswith("upi-s1h/lsp/im0000_segmentation.png")
@@ -313,7 +313,7 @@ def test_mixed_dataset_proportions_and_missing_sets(root, caplog):
 
 def test_cache_gives_the_raw_items(root, tmp_path):
     out = build_cache(root, ["3dpw", "coco"], out=tmp_path / "cache", img_res=RES)
-    assert sorted(p.name for p in out.glob("*.h5")) == ["3dpw_test_r32.h5", "coco_2014_train_r32.h5"]
+    assert sorted(p.name for p in out.glob("*.h5")) == ["3dpw_test_r32_spin.h5", "coco_2014_train_r32.h5"]
     for key, is_train in (("3dpw", False), ("coco", True)):
         raw = BaseDataset(root, key, img_res=RES, is_train=is_train, augment=False)
         cached = BaseDataset(root, key, img_res=RES, is_train=is_train, augment=False, cache=out)
@@ -332,9 +332,9 @@ def test_cache_gives_the_raw_items(root, tmp_path):
 
 def test_truncated_or_incomplete_cache_is_rebuilt(root, tmp_path):
     out = build_cache(root, ["3dpw"], out=tmp_path / "cache", img_res=RES)
-    path = out / "3dpw_test_r32.h5"
+    path = out / "3dpw_test_r32_spin.h5"  # an evaluation split: SPIN's eval crop
     npz = npz_path(root, "3dpw", is_train=False)
-    key = source_fingerprint(npz, root / "3dpw", RES)
+    key = source_fingerprint(npz, root / "3dpw", RES, "spin")
     assert cache_is_valid(path, key)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -357,12 +357,13 @@ def test_truncated_or_incomplete_cache_is_rebuilt(root, tmp_path):
 def test_cache_rebuilt_when_the_source_changes(root, tmp_path):
     out = build_cache(root, ["3dpw"], out=tmp_path / "cache", img_res=RES)
     npz = npz_path(root, "3dpw", is_train=False)
-    old_key = source_fingerprint(npz, root / "3dpw", RES)
+    old_key = source_fingerprint(npz, root / "3dpw", RES, "spin")
     data = dict(np.load(npz))
     data["center"] = data["center"] + 7.0
     np.savez(npz, **data)
-    new_key = source_fingerprint(npz, root / "3dpw", RES)
-    assert new_key != old_key and not cache_is_valid(out / "3dpw_test_r32.h5", new_key)
+    new_key = source_fingerprint(npz, root / "3dpw", RES, "spin")
+    assert cache_is_valid(out / "3dpw_test_r32_spin.h5", old_key)
+    assert new_key != old_key and not cache_is_valid(out / "3dpw_test_r32_spin.h5", new_key)
     cached = BaseDataset(root, "3dpw", img_res=RES, is_train=False, augment=False, cache=out)
     raw = BaseDataset(root, "3dpw", img_res=RES, is_train=False, augment=False)
     np.testing.assert_allclose(_denorm(cached[0]["img"]), _denorm(raw[0]["img"]), atol=1.01)

@@ -67,8 +67,8 @@ class Annotations:
     """One npz file with SPIN's fields and defaults; N samples."""
 
     imgname: np.ndarray     # (N,) str, relative to the image folder
-    center: np.ndarray      # (N, 2) px
-    scale: np.ndarray       # (N,) box side / 200
+    center: np.ndarray      # (N, 2) px, float64
+    scale: np.ndarray       # (N,) box side / 200, float64
     keypoints: np.ndarray   # (N, 49, 3) = concat[openpose (25), part (24)], px + confidence
     pose: np.ndarray        # (N, 72) axis-angle (zeros where has_smpl is 0)
     betas: np.ndarray       # (N, 10)
@@ -93,8 +93,9 @@ def annotations_from_npz(data: dict[str, np.ndarray]) -> Annotations:
     has_params = "pose" in data and "shape" in data
     has_smpl = data["has_smpl"].astype(np.float32) if "has_smpl" in data else np.full(n, float(has_params), np.float32)
     return Annotations(
-        imgname=data["imgname"].astype(str), center=data["center"].astype(np.float32),
-        scale=data["scale"].astype(np.float32).reshape(n), keypoints=np.concatenate([openpose, part], axis=1),
+        # center and scale stay float64 as in SPIN: its eval crop box is truncated from them (compress.data.crop)
+        imgname=data["imgname"].astype(str), center=data["center"].astype(np.float64),
+        scale=data["scale"].astype(np.float64).reshape(n), keypoints=np.concatenate([openpose, part], axis=1),
         pose=data["pose"].astype(np.float32) if has_params else zeros(72),
         betas=data["shape"].astype(np.float32)[:, :10] if has_params else zeros(10),
         has_smpl=has_smpl if has_params else np.zeros(n, np.float32),

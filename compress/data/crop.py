@@ -1,4 +1,5 @@
-"""SPIN's crop geometry as one affine warp, plus the matching keypoint / 3D / pose transforms and augmentation.
+"""SPIN's crop geometry as one affine warp (training), SPIN's exact evaluation crop, plus the matching keypoint /
+3D / pose transforms and augmentation.
 
 Coordinates. Image coordinates are continuous with pixel (row i, column j) covering [j, j+1) x [i, i+1), so its
 centre is (j + 0.5, i + 0.5): the convention of PIL's affine transform, of `compress.raster` and of SPIN's
@@ -18,6 +19,13 @@ Differences from SPIN, on purpose:
 - SPIN truncates transformed keypoints to integer crop pixels (and adds 1); we keep them continuous, so 2D
   targets are not quantised (a +0.5 px bias and up to 1 px of noise at 224 px in SPIN).
 - Pixel noise is applied in float (SPIN writes it back into uint8, i.e. truncates).
+
+Evaluation uses `spin_crop` instead: SPIN's eval pixels exactly (rotation 0, no flip or noise), so a checkpoint
+trained by SPIN sees what it saw in SPIN's eval.py. The box corners are integers (`spin_box`: SPIN's inverse
+point transform, truncated toward zero); the image's overlap with the box is pasted into a black float canvas;
+the whole canvas is min-max stretched to 0..255 and rounded (scipy's `bytescale`); then PIL's bilinear resize
+(which anti-aliases when downscaling) gives the res x res crop, as `scipy.misc.imresize` did. `spin_tensor`
+then divides by 255 and normalises in float32 in SPIN's order.
 """
 from __future__ import annotations
 
@@ -37,6 +45,7 @@ ROT_FACTOR = 30.0
 SCALE_FACTOR = 0.25
 P_FLIP = 0.5
 P_NO_ROT = 0.6
+CROPS = ("warp", "spin")  # crop kinds: continuous warp (training), SPIN's exact eval crop
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,72 @@ def _reduce_region(img: Image.Image, matrix: np.ndarray, res: int, k: int) -> tu
 def crop_image(image: Image.Image | np.ndarray, center, scale: float, res: int, rot: float = 0.0) -> np.ndarray:
     """SPIN's crop (box 200*scale around center, rotated by rot degrees) as a (res, res, 3) uint8 array."""
     return warp(image, crop_matrix(center, scale, res, rot), res, prefilter=reduce_factor(200.0 * scale, res))
+
+
+def spin_point(point, center, scale: float, res: int) -> np.ndarray:
+    """SPIN's `transform(point, invert=1)`: a 1-based crop pixel -> a 1-based image pixel, truncated toward zero.
+
+    The inverse of `crop_matrix` is taken with np.linalg.inv as SPIN does, so values that land on an integer
+    truncate the same way; `astype(int)` truncates toward zero (not floor), which matters left of / above the image.
+    """
+    inv = np.linalg.inv(crop_matrix(center, scale, res))
+    p = inv @ np.array([point[0] - 1, point[1] - 1, 1.0])
+    return p[:2].astype(np.int64) + 1
+
+
+def spin_box(center, scale: float, res: int) -> tuple[np.ndarray, np.ndarray]:
+    """SPIN's integer crop box in 0-based image pixels: upper-left corner `ul` (inclusive) and `br` (exclusive),
+    each (x, y)."""
+    ul = spin_point([1, 1], center, scale, res) - 1
+    br = spin_point([res + 1, res + 1], center, scale, res) - 1
+    return ul, br
+
+
+def spin_canvas(image: Image.Image | np.ndarray, ul: np.ndarray, br: np.ndarray) -> np.ndarray:
+    """The box [ul, br) of `image` as a float64 (H, W, 3) canvas, black where the box leaves the image."""
+    canvas = np.zeros((int(br[1] - ul[1]), int(br[0] - ul[0]), 3))
+    width, height = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+    x0, x1 = max(0, int(ul[0])), min(width, int(br[0]))
+    y0, y1 = max(0, int(ul[1])), min(height, int(br[1]))
+    if x1 <= x0 or y1 <= y0:  # the box misses the image
+        return canvas
+    if isinstance(image, Image.Image):
+        part = np.asarray(image.crop((x0, y0, x1, y1)).convert("RGB"))
+    else:
+        part = np.asarray(image)[y0:y1, x0:x1]
+    canvas[y0 - ul[1]:y1 - ul[1], x0 - ul[0]:x1 - ul[0]] = part
+    return canvas
+
+
+def bytescale(canvas: np.ndarray) -> np.ndarray:
+    """scipy's old `bytescale` with its defaults: min -> 0, max -> 255 over the whole array, rounded to uint8.
+
+    A constant array has range 0, which scipy replaces by 1, so it maps to 0 (black) as in SPIN.
+    """
+    lo, hi = float(canvas.min()), float(canvas.max())
+    span = hi - lo if hi > lo else 1.0
+    return (np.clip((canvas - lo) * (255.0 / span), 0, 255) + 0.5).astype(np.uint8)
+
+
+def spin_crop(image: Image.Image | np.ndarray, center, scale: float, res: int) -> np.ndarray:
+    """SPIN's evaluation crop (`utils/imutils.py` crop with rotation 0) as a (res, res, 3) uint8 array.
+
+    Integer box `spin_box`, pasted into a black canvas, min-max stretched (`bytescale`), then resized to res x res
+    with PIL's bilinear filter (anti-aliased when shrinking), as `scipy.misc.imresize` did. `image`: RGB uint8
+    array or PIL image.
+    """
+    ul, br = spin_box(center, scale, res)
+    pixels = bytescale(spin_canvas(image, ul, br))
+    out = Image.fromarray(pixels, "RGB").resize((res, res), resample=Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def spin_tensor(crop: np.ndarray) -> np.ndarray:
+    """uint8 (R, R, 3) crop -> float32 (3, R, R) exactly as SPIN feeds it: /255, then (x - mean) / std."""
+    img = crop.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(IMG_NORM_MEAN, np.float32)[:, None, None]
+    std = np.asarray(IMG_NORM_STD, np.float32)[:, None, None]
+    return np.ascontiguousarray((img - mean) / std)
 
 
 def to_tensor_image(crop: np.ndarray, *, flip: bool, pn=(1.0, 1.0, 1.0)) -> np.ndarray:

@@ -1,7 +1,9 @@
 """SPIN's datasets: the per-sample item (crop + augmentation) and the mixed training set. Files and annotation
 fields: compress.data.annotations.
 
-Items follow SPIN's layout (spin_protocol.md section 5); see `BaseDataset.get_item`. Augmentation is
+Items follow SPIN's layout (spin_protocol.md section 5); see `BaseDataset.get_item`. Crops: evaluation splits use
+SPIN's exact eval crop (`compress.data.crop.spin_crop`, so a SPIN checkpoint sees SPIN's pixels), training splits
+the continuous warp with augmentation (`crop="spin"|"warp"` overrides). Augmentation is
 deterministic: inside a DataLoader worker a sample's parameters depend only on (dataset seed, the loader's base
 seed for this epoch, index), so they do not depend on the number of workers; in the main process the base seed
 is drawn from torch's global generator.
@@ -33,13 +35,20 @@ class BaseDataset(torch.utils.data.Dataset):
     """One SPIN dataset (npz + images) -> SPIN items at any `img_res`, with SPIN's augmentation when training.
 
     `cache`: False, True (the HDF5 cache under `<root>/cache`, built if missing or stale) or a cache folder.
+    `crop`: "spin" (SPIN's eval pixels, no augmentation) or "warp" (continuous warp); default "spin" for
+    evaluation splits (`is_train=False`), "warp" for training splits.
     """
 
     def __init__(self, root: str | os.PathLike, dataset_key: str, *, img_res: int, is_train: bool, augment: bool,
                  image_roots: Optional[dict] = None, subset: Optional[int] = None,
-                 cache: bool | str | os.PathLike = False, seed: int = 0):
+                 cache: bool | str | os.PathLike = False, seed: int = 0, crop: Optional[str] = None):
         self.root, self.key, self.img_res = Path(root), dataset_key, int(img_res)
         self.is_train, self.augment, self.seed = is_train, bool(augment and is_train), int(seed)
+        self.crop_kind = crop or ("warp" if is_train else "spin")
+        if self.crop_kind not in C.CROPS:
+            raise ValueError(f"crop must be one of {C.CROPS}, not {crop!r}")
+        if self.crop_kind == "spin" and self.augment:
+            raise ValueError("crop='spin' is SPIN's evaluation crop and takes no augmentation; use crop='warp'")
         self.ann = load_annotations(root, dataset_key, is_train=is_train)
         self.folder = image_folder(root, dataset_key, image_roots)
         self.masks = masks_folder(root, image_roots)
@@ -47,7 +56,7 @@ class BaseDataset(torch.utils.data.Dataset):
         self.cache = None
         if cache:
             self.cache = open_dataset_cache(self, out=None if cache is True else cache,
-                                            margin=DEFAULT_MARGIN if self.augment else 0.0)
+                                            margin=DEFAULT_MARGIN if self.augment else 0.0, crop=self.crop_kind)
 
     def __len__(self) -> int:
         return self.n
@@ -68,9 +77,10 @@ class BaseDataset(torch.utils.data.Dataset):
         scale, center = float(a.scale[index]) * aug.sc, a.center[index]
         matrix = C.crop_matrix(center, scale, self.img_res, aug.rot)
         crop, orig_shape = self.crop(index, matrix, scale)
+        img = C.spin_tensor(crop) if self.crop_kind == "spin" else C.to_tensor_image(crop, flip=aug.flip, pn=aug.pn)
         has_smpl = float(a.has_smpl[index])
         return {
-            "img": torch.from_numpy(C.to_tensor_image(crop, flip=aug.flip, pn=aug.pn)),  # (3, R, R)
+            "img": torch.from_numpy(img),  # (3, R, R)
             "pose": torch.from_numpy(C.augment_pose(a.pose[index], aug.rot, flip=aug.flip) if has_smpl
                                      else np.zeros(72, np.float32)),
             "betas": torch.from_numpy(a.betas[index].copy() if has_smpl else np.zeros(10, np.float32)),
@@ -88,11 +98,15 @@ class BaseDataset(torch.utils.data.Dataset):
         }
 
     def crop(self, index: int, matrix: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[int, int]]:
-        """(R, R, 3) uint8 crop under `matrix` and the original (H, W): from the HDF5 cache or the image file."""
+        """(R, R, 3) uint8 crop under `matrix` and the original (H, W): from the HDF5 cache or the image file.
+
+        With crop="spin" the crop is `spin_crop` of the box (center, scale); the cache then stores exactly it."""
         if self.cache is not None:
             return self.cache.crop(index, matrix, self.img_res)
         path = self.folder / self.ann.imgname[index]
         with open_image(path, self.key) as img:
+            if self.crop_kind == "spin":
+                return C.spin_crop(img, self.ann.center[index], scale, self.img_res), (img.height, img.width)
             prefilter = C.reduce_factor(200.0 * scale, self.img_res)
             return C.warp(img, matrix, self.img_res, prefilter=prefilter), (img.height, img.width)
 

@@ -14,6 +14,9 @@ Per dataset (keys of compress.constants.EVAL_DATASETS):
   GT meshes of has_smpl samples outside 3dpw use the gendered model when the gender is known, else neutral.
 - lsp: the predicted mesh rendered into the crop, uncropped into the original image, scored against UP-3D's
   masks and part PNGs with SPIN's accumulation (compress.eval.metrics.LspSegmentation).
+- Crops: SPIN's eval pixels (`compress.data.crop.spin_crop`: integer box, black fill, per-crop min-max stretch,
+  PIL bilinear resize, /255 and ImageNet normalisation), so a SPIN checkpoint reproduces SPIN's numbers; the
+  LSP uncrop then inverts that integer box as SPIN does. `crop="warp"` evaluates on the training warp instead.
 """
 from __future__ import annotations
 
@@ -94,6 +97,7 @@ def evaluate(
     workers: int = 0,
     image_roots: Optional[Mapping[str, str]] = None,
     cache: bool = False,
+    crop: str = "spin",
 ) -> dict[str, dict[str, float]]:
     """Run the suite on `model` (image -> {"rotmat", "betas", "cam", ...}) -> {dataset_key: {metric: value}}.
 
@@ -104,6 +108,7 @@ def evaluate(
     to the data root (SMPL files under <root>/smpl, regressors at the root). `progress(key, done, total)` is
     called after every batch. With `save_dir`, per-sample results go to `<save_dir>/<key>.npz` and the
     summary to `<save_dir>/summary.json`. `cache` reads crops from the HDF5 cache (compress.data.cache).
+    `crop`: "spin" (SPIN's eval crop, the default) or "warp" (the training crop, continuous box).
     """
     root = Path(root)
     present = present_datasets(root, datasets, strict=strict)
@@ -121,7 +126,7 @@ def evaluate(
     try:
         for key in present:
             loader = _loader(root, key, img_res=img_res, batch_size=batch_size, subset=subset, workers=workers,
-                             image_roots=image_roots, cache=cache)
+                             image_roots=image_roots, cache=cache, crop=crop)
             if key == "lsp":
                 summary, per_sample = _eval_lsp(model, loader, bodies, key=key, root=root, img_res=img_res,
                                                 device=device, progress=progress, image_roots=image_roots)
@@ -199,10 +204,10 @@ class _Bodies:
 
 
 def _loader(root: Path, key: str, *, img_res: int, batch_size: int, subset: Optional[int], workers: int,
-            image_roots: Optional[Mapping[str, str]], cache: bool) -> torch.utils.data.DataLoader:
+            image_roots: Optional[Mapping[str, str]], cache: bool, crop: str) -> torch.utils.data.DataLoader:
     kwargs = {"cache": True} if cache else {}
     ds = BaseDataset(root, key, img_res=img_res, is_train=False, augment=False,
-                     image_roots=dict(image_roots or {}), subset=subset, **kwargs)
+                     image_roots=dict(image_roots or {}), subset=subset, crop=crop, **kwargs)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        pin_memory=False, drop_last=False)
 
@@ -303,6 +308,7 @@ def _eval_lsp(model, loader, bodies: _Bodies, *, key: str, root: Path, img_res: 
     faces = neutral.faces.to(device)
     face_labels = torch.as_tensor(load_face_labels(root, faces.cpu().numpy()), device=device)
     seg = LspSegmentation()
+    spin_box = loader.dataset.crop_kind == "spin"  # invert the crop's own box: SPIN's integer one, or continuous
     total, done = len(loader.dataset), 0
     acc: dict[str, list] = {k: [] for k in ("fb_acc", "parts_acc", "rotmat", "betas", "cam", "sample_index",
                                             "imgname")}
@@ -314,8 +320,8 @@ def _eval_lsp(model, loader, bodies: _Bodies, *, key: str, root: Path, img_res: 
         centers, scales = batch["center"].numpy(), batch["scale"].numpy()
         shapes = batch["orig_shape"].numpy().astype(np.int64)
         for i in range(mask.shape[0]):
-            pred_mask = uncrop(mask[i], centers[i], float(scales[i]), tuple(shapes[i]))
-            pred_parts = uncrop(parts[i], centers[i], float(scales[i]), tuple(shapes[i]))
+            pred_mask = uncrop(mask[i], centers[i], float(scales[i]), tuple(shapes[i]), spin_rounding=spin_box)
+            pred_parts = uncrop(parts[i], centers[i], float(scales[i]), tuple(shapes[i]), spin_rounding=spin_box)
             gt_mask = _read_label_png(_label_path(root, batch["maskname"][i], image_roots))
             gt_parts = _read_label_png(_label_path(root, batch["partname"][i], image_roots))
             if gt_mask.shape != pred_mask.shape or gt_parts.shape != pred_parts.shape:

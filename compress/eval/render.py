@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from compress.constants import FOCAL_LENGTH
+from compress.data.crop import spin_box
 from compress.errors import UserError
 from compress.geometry import cam_to_translation
 from compress.raster import project_perspective, rasterize
@@ -92,17 +93,9 @@ def render_parts(
 
 def crop_box(center: np.ndarray, scale: float, img_res: int) -> tuple[np.ndarray, np.ndarray]:
     """SPIN's crop box in original pixels: upper-left and bottom-right integer corners (ul, br) of the
-    `200 * scale` square around `center`, exactly as utils/imutils.py's transform() rounds them."""
-    h = 200.0 * float(scale)
-    c = np.asarray(center, dtype=np.float64)
-
-    def inverse(pt):  # crop pixel (1-based, SPIN) -> original pixel, truncated like SPIN's astype(int)
-        p = (np.asarray(pt, dtype=np.float64) - 1) * h / img_res + c - h / 2
-        return p.astype(np.int64) + 1
-
-    ul = inverse([1, 1]) - 1
-    br = inverse([img_res + 1, img_res + 1]) - 1
-    return ul, br
+    `200 * scale` square around `center`, exactly as utils/imutils.py's transform() rounds them: the box of
+    compress.data.crop.spin_crop, which the evaluation crops with."""
+    return spin_box(center, scale, img_res)
 
 
 def resize_nearest(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -120,8 +113,9 @@ def uncrop(img: np.ndarray, center: np.ndarray, scale: float, orig_shape: tuple[
     Default: the exact inverse of compress.data.crop's continuous crop geometry (box of side 200*scale centred
     at `center`, pixel centres at +0.5): each original pixel takes the crop pixel its centre falls in.
     `spin_rounding=True` reproduces SPIN's uncrop literally (integer box from truncated corners, then a
-    nearest-neighbour resize of the render to the box), which inverts SPIN's own integer-truncated crop; against
-    our continuous crop it would be off by up to one original pixel.
+    nearest-neighbour resize of the render to the box), which inverts SPIN's own integer-truncated crop
+    (`spin_crop`, what evaluation crops with); against the continuous warp it would be off by up to one original
+    pixel.
     """
     res = img.shape[0]
     out_shape = tuple(int(s) for s in orig_shape[:2])
