@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch and torchvision first, so pip settles them before the rest (override, e.g. TORCH="torch==2.5.1 torchvision==0.20.1")
 TORCH  ?= torch>=2.1 torchvision>=0.16
 
-.PHONY: demo demo-quick test install bench readme clean-venv
+.PHONY: demo demo-quick test install bench gpu-check readme clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# every CUDA path once, one PASS/FAIL line each (a few minutes on one GPU); without CUDA: one line, exit 0
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

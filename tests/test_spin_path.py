@@ -69,7 +69,8 @@ def test_spin_checkpoint_through_prune_finetune_report_sensitivity(synth_root, t
     assert main(["sensitivity", str(spin), "--data", str(synth_root), "--subset", "4", "--datasets", "3dpw",
                  "--ratios", "0.2", "--units", "fc1", "--device", "cpu", "--out", str(out), "--json"]) == 0
     result = json.loads((out / "sensitivity.json").read_text())
-    assert result["model"] == "hmr_resnet50" and result["results"][0]["unit"] == "fc1"
+    assert result["model"] == "hmr_resnet50" and result["baseline"]["params_total"] == SPIN_PARAMS
+    assert [r["unit"] for r in result["rows"]] == ["fc1"] and "error" not in result["rows"][0]
 
 
 def test_a_foreign_file_without_a_record_still_asks_for_its_name(tmp_path, monkeypatch, capsys):
