@@ -4,13 +4,25 @@ BatchNorm synchronised over processes.
 torchrun's environment describes the job (gloo on CPU, NCCL on CUDA); alone, every function is a no-op. torch's
 SyncBatchNorm is CUDA-only, so a small BatchNorm subclass that all-reduces its moments (differentiably) is swapped
 in for a run on every backend.
+
+Teardown is deterministic (`distributed_job` / `shutdown_distributed`): the DDP objects are released, every rank
+meets in a final barrier (no rank closes its connections while another still communicates, and no collective is
+still in flight), then the group is destroyed, in a `finally`. Without that, when ranks finished at different
+moments, a process could reach interpreter finalization with Gloo's worker threads still holding work (DDP keeps the
+Gloo group and its threads alive even after destroy_process_group), and abort with "terminate called without an
+active exception". A group still alive at exit (an exception on the way out) is destroyed by an atexit handler,
+while the interpreter is still whole.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import datetime
+import gc
 import os
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,6 +45,9 @@ class DistInfo:
         return self.rank == 0
 
 
+_EXIT_HOOK = False  # _destroy_at_exit registered
+
+
 def init_distributed() -> DistInfo:
     """Join the process group described by torchrun's environment (gloo on CPU, NCCL on CUDA); no-op when alone."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -45,7 +60,53 @@ def init_distributed() -> DistInfo:
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=False)
     # rank 0 evaluates alone at the end while the others wait in a barrier: allow a long evaluation
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=3))
+    global _EXIT_HOOK
+    if not _EXIT_HOOK:
+        atexit.register(_destroy_at_exit)
+        _EXIT_HOOK = True
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
+
+
+def shutdown_distributed(info: DistInfo, *, ok: bool = True) -> None:
+    """End this process's part of the job deterministically; a no-op alone or without a process group.
+
+    Unreachable objects (a DDP wrapper, its reducer and autograd hooks) are collected first. `ok` (this rank got
+    here normally, and so do the others): a final barrier, so every rank has finished all its collectives (Gloo's
+    barrier also waits for this process's pending work) before any rank closes its connections. Then the group is
+    destroyed when this module created it (`info.owned`), in a finally, so also when the barrier fails. Not `ok`
+    (an exception is on its way out): no barrier, which the other ranks might never reach; destroy at once.
+    """
+    if info.world <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    try:
+        if ok:
+            dist.barrier()
+    finally:
+        if info.owned:
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_job() -> Iterator[DistInfo]:
+    """`with distributed_job() as info:` joins the process group (init_distributed) and tears it down on the way
+    out (shutdown_distributed: a final barrier when the block ended normally, destroy in any case). Keep DDP objects
+    local to a function called inside the block, so that they are gone before the teardown."""
+    info = init_distributed()
+    ok = False
+    try:
+        yield info
+        ok = True
+    finally:
+        shutdown_distributed(info, ok=ok)
+
+
+def _destroy_at_exit() -> None:
+    # a group left at exit (an exception skipped the teardown) goes while the interpreter is whole, not during its
+    # finalization; no barrier: the other ranks may be gone
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def select_device(info: DistInfo) -> torch.device:
