@@ -1,15 +1,18 @@
 """Report rows as text: the terminal table (rich), Markdown, CSV and JSON, with footnotes for every gap.
 
 The only part of the report that talks to the terminal: print_table and print_recovery draw on a rich console.
+Terminal tables never cut a cell ("3D…"): columns that do not fit the console's width go into further tables,
+each repeating the row labels (stage, run), packed by the tables' measured natural width.
 """
 from __future__ import annotations
 
 import csv
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -21,6 +24,7 @@ from compress.report.recovery import recovery_rows, recovery_table, render_recov
 
 DASH = "–"
 SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------------------- cells
@@ -178,26 +182,22 @@ def render_table(rows: list[dict], *, width: int | None = None, color: bool = Tr
 
 
 def print_table(rows: list[dict], *, console: Console | None = None) -> None:
-    """Rich table(s), a value and its delta per cell; columns are split over several tables to fit the console."""
+    """Rich table(s), a value and its delta per cell; columns are split over several tables to fit the console,
+    each table repeating stage and run, so that no cell is cut."""
     console = console or Console(highlight=False)
     cols = visible_columns(rows)
     notes = _Footnotes()
     col_marks = _column_marks(rows, cols, notes)
     cells = {c.key: [_cell(r, c, notes, on_header=frozenset(col_marks)) for r in rows] for c in cols}
     row_marks = [notes.mark(r["notes"]["row"]) if r.get("notes", {}).get("row") else "" for r in rows]
-    lead = 7 + max(len(r["stage"]) + 1 for r in rows) + max(len(r["run"]) for r in rows)
-    widths = {c.key: max([len(x) for cell in cells[c.key] for x in (cell.value, cell.delta)]
-                         + [len(w) for w in _header(c, col_marks).split("\n")]) + 3 for c in cols}
     titles = {"cost": "cost", "3d": "3D pose (mm)", "lsp": "LSP segmentation"}
-    chunks = _pack(cols, widths, console.width - lead)
-    for chunk in chunks:
-        groups = list(dict.fromkeys(titles[c.group] for c in chunk))
-        table = Table(title="compress report" + ("" if len(chunks) == 1 else ": " + ", ".join(groups)),
-                      show_lines=True)
-        table.add_column("stage", no_wrap=True)
-        table.add_column("run", no_wrap=True)
+
+    def build(chunk: list[Column], title: str = "") -> Table:
+        table = Table(title=title or None, show_lines=True)
+        table.add_column("stage", no_wrap=True, overflow="fold")
+        table.add_column("run", no_wrap=True, overflow="fold")
         for c in chunk:
-            table.add_column(_header(c, col_marks), justify="right", no_wrap=True)
+            table.add_column(_header(c, col_marks), justify="right", no_wrap=True, overflow="fold")
         for i, r in enumerate(rows):
             out = []
             for c in chunk:
@@ -208,7 +208,12 @@ def print_table(rows: list[dict], *, console: Console | None = None) -> None:
                     text.append("\n" + cell.delta, style=style)
                 out.append(text)
             table.add_row(Text(r["stage"] + row_marks[i]), Text(r["run"]), *out)  # Text: no markup in names
-        console.print(table)
+        return table
+
+    chunks = _pack(cols, lambda chunk: _fits(console, build(chunk)))
+    for chunk in chunks:
+        groups = list(dict.fromkeys(titles[c.group] for c in chunk))
+        console.print(build(chunk, "compress report" + ("" if len(chunks) == 1 else ": " + ", ".join(groups))))
     head, body = _ratio_table(rows, notes)
     if body:
         _print_text_table(console, "speed-up and size vs the baseline (baseline / row; above 1 is smaller or faster)",
@@ -227,13 +232,35 @@ def print_recovery(rows: list[dict], console: Console) -> None:
 
 def _print_text_table(console: Console, title: str, head: list[str], body: list[list[str]], *,
                       wrap_figures: bool) -> None:
-    """A plain table: the first two columns (stage, run) left-aligned and never wrapped, the figures right-aligned."""
-    table = Table(title=title)
-    for i, h in enumerate(head):
-        table.add_column(h, justify="left" if i < 2 else "right", no_wrap=i < 2 or not wrap_figures)
-    for line in body:
-        table.add_row(*(Text(x) for x in line))
-    console.print(table)
+    """A plain table: the first two columns (stage, run) left-aligned and never wrapped, the figures right-aligned
+    under two-line headers. Figures that do not fit the console go into further tables (the title on the first),
+    which repeat the first two columns."""
+
+    def build(figures: list[int], title: str = "") -> Table:
+        table = Table(title=title or None)
+        for i in (0, 1, *figures):
+            head_text = head[i] if i < 2 else _two_lines(head[i])
+            table.add_column(head_text, justify="left" if i < 2 else "right", no_wrap=i < 2 or not wrap_figures,
+                             overflow="fold")
+        for line in body:
+            table.add_row(*(Text(line[i]) for i in (0, 1, *figures)))
+        return table
+
+    chunks = _pack_units([[i] for i in range(2, len(head))], lambda figures: _fits(console, build(figures)))
+    for n, figures in enumerate(chunks or [[]]):
+        console.print(build(figures, title if n == 0 else ""))
+
+
+def _two_lines(title: str) -> str:
+    """"speed-up b32" -> "speed-up" over "b32": narrower columns, fewer tables."""
+    head, _, tail = title.rpartition(" ")
+    return f"{head}\n{tail}" if head else tail
+
+
+def _fits(console: Console, table: Table) -> bool:
+    """Whether `table` shows every cell whole (its natural width) on `console`."""
+    unbounded = console.options.update_width(1_000_000)  # Measurement.get clamps to the options' width
+    return Measurement.get(console, unbounded, table).maximum <= console.width
 
 
 def _header(col: Column, marks: dict[str, str]) -> str:
@@ -243,24 +270,41 @@ def _header(col: Column, marks: dict[str, str]) -> str:
     return f"{head}\n{tail}" if head else tail
 
 
-def _pack(cols: list[Column], widths: dict[str, int], room: int) -> list[list[Column]]:
-    """All columns in one table if they fit, else one table per group; a group too wide alone is split
-    between datasets, never inside one (MPJPE and PA stay side by side)."""
-    if sum(widths[c.key] for c in cols) <= room:
+def _pack(cols: list[Column], fits: Callable[[list[Column]], bool]) -> list[list[Column]]:
+    """All columns in one table if it fits, else one table per group; a group too wide alone is split between
+    datasets (MPJPE, PA and PVE of a dataset side by side), and a dataset too wide alone between its columns."""
+    if fits(cols):
         return [cols]
     chunks: list[list[Column]] = []
     for group in dict.fromkeys(c.group for c in cols):
         clusters: dict[tuple, list[Column]] = {}
         for c in (c for c in cols if c.group == group):
             clusters.setdefault(c.path[:2] if c.path[0] == "metrics" else (c.key,), []).append(c)
-        cur, used = [], 0
-        for cluster in clusters.values():
-            w = sum(widths[c.key] for c in cluster)
-            if cur and used + w > room:
+        chunks += _pack_units(list(clusters.values()), fits)
+    return chunks
+
+
+def _pack_units(units: Sequence[list[T]], fits: Callable[[list[T]], bool]) -> list[list[T]]:
+    """Consecutive units greedily into chunks that fit; a unit that does not fit alone is split into its items,
+    and an item that does not fit alone gets a chunk of its own (its cells fold rather than being cut)."""
+    chunks: list[list[T]] = []
+    cur: list[T] = []
+    for unit in units:
+        if fits(cur + unit):
+            cur += unit
+            continue
+        if cur:
+            chunks.append(cur)
+            cur = []
+        if fits(unit):
+            cur = list(unit)
+            continue
+        for item in unit:
+            if cur and not fits(cur + [item]):
                 chunks.append(cur)
-                cur, used = [], 0
-            cur += cluster
-            used += w
+                cur = []
+            cur.append(item)
+    if cur:
         chunks.append(cur)
     return chunks
 
