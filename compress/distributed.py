@@ -2,8 +2,8 @@
 BatchNorm synchronised over processes.
 
 torchrun's environment describes the job (gloo on CPU, NCCL on CUDA); alone, every function is a no-op. torch's
-SyncBatchNorm is CUDA-only, so a small BatchNorm subclass that all-reduces its moments (differentiably) is swapped
-in for a run on every backend.
+SyncBatchNorm is CUDA-only: on CUDA (NCCL) it is swapped in; on the CPU (gloo) a small BatchNorm subclass that
+all-reduces its moments (differentiably) takes its place.
 
 Teardown is deterministic (`distributed_job` / `shutdown_distributed`): the DDP objects are released, every rank
 meets in a final barrier (no rank closes its connections while another still communicates, and no collective is
@@ -48,18 +48,20 @@ class DistInfo:
 _EXIT_HOOK = False  # _destroy_at_exit registered
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group described by torchrun's environment (gloo on CPU, NCCL on CUDA); no-op when alone."""
+def init_distributed(*, cuda: bool | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment (gloo on CPU, NCCL on CUDA); no-op when alone.
+    `cuda`: whether the job trains on GPUs (default: when CUDA is available; --device cpu says no)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1:
         return DistInfo()
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
         torch.cuda.set_device(local_rank)
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, owned=False)
     # rank 0 evaluates alone at the end while the others wait in a barrier: allow a long evaluation
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=3))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=3))
     global _EXIT_HOOK
     if not _EXIT_HOOK:
         atexit.register(_destroy_at_exit)
@@ -88,11 +90,11 @@ def shutdown_distributed(info: DistInfo, *, ok: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def distributed_job() -> Iterator[DistInfo]:
+def distributed_job(*, cuda: bool | None = None) -> Iterator[DistInfo]:
     """`with distributed_job() as info:` joins the process group (init_distributed) and tears it down on the way
     out (shutdown_distributed: a final barrier when the block ended normally, destroy in any case). Keep DDP objects
     local to a function called inside the block, so that they are gone before the teardown."""
-    info = init_distributed()
+    info = init_distributed(cuda=cuda)
     ok = False
     try:
         yield info
@@ -183,15 +185,21 @@ class _SyncBatchNorm2d(_SyncBatchNormMixin, nn.BatchNorm2d):
 _SYNC_BN = {nn.BatchNorm1d: _SyncBatchNorm1d, nn.BatchNorm2d: _SyncBatchNorm2d}
 
 
-def set_sync_batchnorm(model: nn.Module, enabled: bool) -> int:
-    """Switch BatchNorm1d/2d layers to (or back from) the synchronised variant in place, keeping the parameter and
-    buffer objects and state_dict keys. Returns the number of layers switched."""
-    back = {v: k for k, v in _SYNC_BN.items()}
+def set_sync_batchnorm(model: nn.Module, enabled: bool, *, cuda: bool = False) -> int:
+    """Switch BatchNorm1d/2d layers to (or back from) a synchronised variant in place, keeping the parameter and
+    buffer objects and state_dict keys. `cuda`: torch.nn.SyncBatchNorm (NCCL's fused kernels), else this module's
+    all-reduce variant (any backend, gloo on the CPU). Returns the number of layers switched."""
     n = 0
     for m in model.modules():
-        cls = (_SYNC_BN if enabled else back).get(type(m))
-        if cls is not None:
-            m.__class__ = cls
+        if enabled and type(m) in _SYNC_BN:
+            m._plain_class = type(m)  # restored when switched back
+            m.__class__ = nn.SyncBatchNorm if cuda else _SYNC_BN[type(m)]
+            if cuda:
+                m.process_group = None  # the default group, as SyncBatchNorm's constructor sets it
+            n += 1
+        elif not enabled and hasattr(m, "_plain_class"):
+            m.__class__ = m._plain_class
+            del m._plain_class
             n += 1
     return n
 

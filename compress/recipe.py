@@ -125,7 +125,9 @@ class PruneSpec:
     scope: Literal["encoder", "regressor", "all"] = opt("all", "which part of the model is pruned")
     ratio_by_module: Dict[str, float] = opt({}, "module name -> its own ratio (overrides `ratio`)")
     ignore: List[str] = opt([], "module names never pruned (the heads are always ignored)")
-    round_to: Literal[1, 2, 4, 8, 16] = opt(1, "kept channel counts are multiples of this")
+    round_to: Literal[1, 2, 4, 8, 16] = opt(
+        1, "kept channel counts are multiples of this: each layer keeps the nearest multiple (at least round_to); "
+           "a layer it cannot round stays whole")
     iterative_steps: int = opt(1, "prune in this many steps to the final ratio", ge=1)
     calibration: int = opt(4, "batches used by data-driven criteria (taylor)", ge=0)
 

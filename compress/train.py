@@ -30,17 +30,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from compress.checkpoint import load_checkpoint, save_checkpoint
 from compress.data.datasets import training_set
 from compress.data.fits import StaticFits
-from compress.distributed import (DistInfo, all_reduce_mean, barrier, epoch_seed, init_distributed, rng_state,
+from compress.distributed import (DistInfo, all_reduce_mean, barrier, distributed_job, epoch_seed, rng_state,
                                   seed_all, select_device, set_rng_state, set_sync_batchnorm)
 from compress.devices import AUTO, resolve_device
 from compress.errors import UserError
-from compress.eval.protocols import evaluate
+from compress.eval.protocols import evaluate, present_datasets
 from compress.io import atomic_torch_save, atomic_write_json, atomic_write_text, json_text
 from compress.models import regressor_parameters
 from compress.losses import (LossWeights, batch_targets, check_finite, compute_losses, distill_losses, loss_values,
@@ -355,7 +354,7 @@ def make_state(model: nn.Module, smpl: nn.Module, spec: TrainSpec, *, img_res: i
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     net: nn.Module = model
     if info.world > 1:
-        n_bn = set_sync_batchnorm(model, True)
+        n_bn = set_sync_batchnorm(model, True, cuda=device.type == "cuda")
         if n_bn and info.main:
             log.info("DDP: %d BatchNorm layers synchronised over %d processes", n_bn, info.world)
         net = nn.parallel.DistributedDataParallel(
@@ -471,48 +470,55 @@ def _run(recipe: Recipe, spec: TrainSpec, model: nn.Module, *, run_dir: Path, ph
          parent: str | dict | None, teacher: nn.Module | None, resume: bool, progress: Progress | None,
          device: str | None = None) -> dict:
     """The part train and finetune share: DDP setup, resume, fit, evaluation, final checkpoint. `device`: auto
-    (None; CUDA when available, this process's GPU under torchrun), cpu or cuda[:N]."""
-    info = init_distributed()
-    try:
-        device = train_device(info, device)
-        run_dir = Path(run_dir)
+    (None; CUDA when available, this process's GPU under torchrun), cpu or cuda[:N]. The process group is torn down
+    deterministically (compress.distributed.distributed_job) after the DDP objects of _run_in_group are gone."""
+    # a root without the eval files fails now, not after the training (the checkpoint is written after evaluating)
+    present_datasets(recipe.data.root, recipe.eval.datasets, warn=False)
+    with distributed_job(cuda=resolve_device(device).type == "cuda") as info:
+        return _run_in_group(info, recipe, spec, model, run_dir=run_dir, phase=phase, stage=stage, epochs=epochs,
+                             out_name=out_name, parent=parent, teacher=teacher, resume=resume, progress=progress,
+                             device=device)
+
+
+def _run_in_group(info: DistInfo, recipe: Recipe, spec: TrainSpec, model: nn.Module, *, run_dir: Path, phase: str,
+                  stage: str, epochs: int, out_name: str, parent: str | dict | None, teacher: nn.Module | None,
+                  resume: bool, progress: Progress | None, device: str | None) -> dict:
+    device = train_device(info, device)
+    run_dir = Path(run_dir)
+    if info.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    img_res = recipe.model.img_res
+    smpl = training_smpl(recipe.data.root, spec)
+    state = make_state(model, smpl, spec, img_res=img_res, device=device, info=info, teacher=teacher)
+    state.fits = StaticFits(recipe.data.root, recipe.data.train_datasets)
+    if info.main and state.fits:
+        log.info("static fits for %s", ", ".join(state.fits.fits))
+    last = run_dir / LAST
+    if resume and last.is_file():
+        load_train_state(state, last, phase=phase, stage=stage)
         if info.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        barrier(info)
-        img_res = recipe.model.img_res
-        smpl = training_smpl(recipe.data.root, spec)
-        state = make_state(model, smpl, spec, img_res=img_res, device=device, info=info, teacher=teacher)
-        state.fits = StaticFits(recipe.data.root, recipe.data.train_datasets)
-        if info.main and state.fits:
-            log.info("static fits for %s", ", ".join(state.fits.fits))
-        last = run_dir / LAST
-        if resume and last.is_file():
-            load_train_state(state, last, phase=phase, stage=stage)
-            if info.main:
-                log.info("resuming %s from %s (epoch %d, step %d)", stage, last, state.epoch, state.step)
-                truncate_log(run_dir, phase=phase, step=state.step)
-        elif info.main:
-            if resume:
-                log.info("no %s to resume from: starting %s from the beginning", last, stage)
-            truncate_log(run_dir, phase=phase, step=0)  # a fresh start replaces this phase's earlier curve
-        dataset = training_set(recipe.data, img_res=img_res, augment=recipe.data.augment, seed=spec.seed)
-        make_loader = loader_factory(dataset, batch_size=spec.batch_size, workers=recipe.data.workers,
-                                     seed=spec.seed, info=info, pin_memory=device.type == "cuda", section=phase)
-        opts = FitOptions(epochs=epochs, steps_per_epoch=spec.steps_per_epoch, seed=spec.seed,
-                          log_every=spec.log_every, run_dir=run_dir, phase=phase, stage=stage,
-                          checkpoint_every_epoch=spec.checkpoint_every_epoch)
-        summary = fit(state, make_loader, opts, progress=progress)
-        set_sync_batchnorm(state.model, False)
-        result: dict = {"run": str(run_dir), "stage": stage, **summary, "distill": state.teacher is not None}
-        if info.main:
-            result.update(_finish(state.model, recipe, run_dir=run_dir, out_name=out_name, stage=stage,
-                                  parent=parent, epochs=epochs, summary=summary, device=device,
-                                  distill=state.teacher is not None))
-        barrier(info)
-        return result
-    finally:
-        if info.owned and dist.is_initialized():
-            dist.destroy_process_group()
+            log.info("resuming %s from %s (epoch %d, step %d)", stage, last, state.epoch, state.step)
+            truncate_log(run_dir, phase=phase, step=state.step)
+    elif info.main:
+        if resume:
+            log.info("no %s to resume from: starting %s from the beginning", last, stage)
+        truncate_log(run_dir, phase=phase, step=0)  # a fresh start replaces this phase's earlier curve
+    dataset = training_set(recipe.data, img_res=img_res, augment=recipe.data.augment, seed=spec.seed)
+    make_loader = loader_factory(dataset, batch_size=spec.batch_size, workers=recipe.data.workers,
+                                 seed=spec.seed, info=info, pin_memory=device.type == "cuda", section=phase)
+    opts = FitOptions(epochs=epochs, steps_per_epoch=spec.steps_per_epoch, seed=spec.seed,
+                      log_every=spec.log_every, run_dir=run_dir, phase=phase, stage=stage,
+                      checkpoint_every_epoch=spec.checkpoint_every_epoch)
+    summary = fit(state, make_loader, opts, progress=progress)
+    set_sync_batchnorm(state.model, False)
+    result: dict = {"run": str(run_dir), "stage": stage, **summary, "distill": state.teacher is not None}
+    if info.main:
+        result.update(_finish(state.model, recipe, run_dir=run_dir, out_name=out_name, stage=stage,
+                              parent=parent, epochs=epochs, summary=summary, device=device,
+                              distill=state.teacher is not None))
+    barrier(info)
+    return result
 
 
 def train_device(info: DistInfo, requested: str | None) -> torch.device:

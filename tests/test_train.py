@@ -39,16 +39,20 @@ def _state(seed=0, **kw):
     return make_state(model, FakeSMPL(), _spec(**kw), img_res=RES, device=torch.device("cpu"), info=DistInfo())
 
 
-def test_sync_batchnorm_switch_keeps_state_and_output():
+@pytest.mark.parametrize("cuda", [False, True])
+def test_sync_batchnorm_switch_keeps_state_and_output(cuda):
+    """gloo: our all-reduce BatchNorm; CUDA (NCCL): torch.nn.SyncBatchNorm. Both switch back to plain BatchNorm."""
     torch.manual_seed(0)
     model = create_model("hmr_tiny", img_res=RES).train()
     x = torch.randn(4, 3, RES, RES)
     keys = list(model.state_dict())
     torch.manual_seed(1)
     ref = model(x)["cam"]
-    n = set_sync_batchnorm(model, True)
+    n = set_sync_batchnorm(model, True, cuda=cuda)
     assert n > 0 and list(model.state_dict()) == keys
-    assert all(isinstance(m, nn.BatchNorm2d) for m in model.modules() if "BatchNorm" in type(m).__name__)
+    synced = [m for m in model.modules() if "BatchNorm" in type(m).__name__]
+    assert all(isinstance(m, nn.SyncBatchNorm if cuda else nn.BatchNorm2d) for m in synced)
+    assert all(isinstance(m, nn.SyncBatchNorm) == cuda for m in synced)
     torch.manual_seed(1)
     assert torch.equal(model(x)["cam"], ref)  # no process group: plain BatchNorm behaviour
     assert set_sync_batchnorm(model, False) == n
