@@ -135,7 +135,7 @@ def _default_eval_dir(checkpoint: str) -> Path:
     """Per-sample results go beside the checkpoint: <dir>/eval_<stem>/ (a run dir: its resolved checkpoint)."""
     from compress.runs import resolve_checkpoint
 
-    path = Path(resolve_checkpoint(checkpoint))
+    path = Path(checkpoint) if Path(checkpoint).suffix == ".onnx" else Path(resolve_checkpoint(checkpoint))
     return path.parent / f"eval_{path.stem}"
 
 
@@ -370,6 +370,40 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from compress.quantize import QuantSpec, run_quantize
+
+    keep = tuple(k for k in args.keep_fp32.split(",") if k.strip())
+    spec = QuantSpec(calib=args.calib, method=args.method, keep_fp32=keep, per_channel=not args.per_tensor)
+    datasets = [] if args.no_eval else args.datasets.split(",")
+    summary = run_quantize(args.target or "runs/latest", spec=spec, data=args.data, out=args.out,
+                           datasets=datasets, subset=args.subset, threads=args.threads)
+    if args.json:
+        _print_json(summary)
+        return 0
+    _print_rows(_quantize_rows(summary), title=f"INT8 (QDQ, {summary['weights']} weights, {summary['activations']} "
+                f"activations, {summary['method']} calibration on {summary['calibration_images']} crops)")
+    _console().print(f"written: [bold]{summary['int8']}[/] (fp32: {summary['fp32']})")
+    return 0
+
+
+def _quantize_rows(summary: dict) -> list[list[str]]:
+    """fp32 vs INT8: size, ONNX Runtime latency (alternating), and each dataset's MPJPE / PA-MPJPE."""
+    rows = [["", "fp32", "INT8", "INT8 / fp32"]]
+    size = summary["size_mb"]
+    rows.append(["size MB", f"{size['fp32']:.2f}", f"{size['int8']:.2f}", f"{size['int8'] / size['fp32']:.2f}x"])
+    for key, lat in summary["latency_ms"].items():
+        a, b = lat["fp32"]["median_ms"], lat["int8"]["median_ms"]
+        rows.append([f"ORT ms {key} ({lat['fp32']['threads']} thr)", f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x faster"])
+    metrics = summary.get("metrics") or {}
+    for ds, m in (metrics.get("fp32") or {}).items():
+        q = metrics["int8"].get(ds, {})
+        for k, label in (("mpjpe_mm", "MPJPE mm"), ("pa_mpjpe_mm", "PA-MPJPE mm")):
+            if k in m and k in q:
+                rows.append([f"{ds} {label}", f"{m[k]:.2f}", f"{q[k]:.2f}", f"{q[k] - m[k]:+.2f}"])
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------- demo
 
 
@@ -437,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="the full HMR evaluation suite on a checkpoint")
     p.add_argument("checkpoint", metavar="CKPT", nargs="?",
-                   help="our checkpoint, a run dir, or SPIN's model_checkpoint.pt")
+                   help="our checkpoint, a run dir, SPIN's model_checkpoint.pt, or an .onnx file (ONNX Runtime)")
     p.add_argument("--reference", choices=("rest", "mean"), default=None,
                    help="score a constant predictor instead: the rest pose, or the root's smpl_mean_params.npz "
                         "(where an untrained model starts); a model not below `mean` on PA-MPJPE learned no "
@@ -526,6 +560,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "CUDA provider on cuda when installed, else the CPU): " + DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="post-training static INT8 in ONNX Runtime (QDQ), timed and scored vs fp32")
+    p.add_argument("target", metavar="RUN|CKPT", nargs="?", default=None, help="run dir or checkpoint (default: "
+                   "runs/latest); writes <run>/quantized.onnx, <run>/model.onnx and <run>/quantized.json")
+    p.add_argument("--calib", type=int, default=64, help="calibration crops from the training sets (default: 64)")
+    p.add_argument("--method", default="minmax", help="calibration: minmax (default), entropy or percentile")
+    p.add_argument("--keep-fp32", default=",".join(("decpose", "decshape", "deccam")), metavar="NAMES",
+                   help="comma-separated node-name parts kept in fp32 (default: %(default)s; '' quantizes all)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
+    p.add_argument("--data", metavar="ROOT", help="data root (default: the run's, else $COMPRESS_DATA_ROOT or "
+                   "data/synthetic)")
+    p.add_argument("--datasets", default="3dpw,mpi-inf-3dhp,h36m-p1,h36m-p2", help="evaluated for both models")
+    p.add_argument("--subset", type=int, default=None, help="first N samples of each dataset")
+    p.add_argument("--no-eval", action="store_true", help="size and latency only")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads while timing (default: 1)")
+    p.add_argument("--out", default=None, metavar="FILE", help="INT8 file (default: <run>/quantized.onnx)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic benchmark (CPU-sized; resumable)")
     p.add_argument("--quick", action="store_true", help="toy size: about two minutes")

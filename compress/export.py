@@ -130,7 +130,7 @@ def _shape(value_info) -> list:
 def _compare(wrapper: nn.Module, path: Path, *, img_res: int, batches: tuple[int, ...],
              device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Max |onnxruntime - PyTorch| per output over seeded random inputs at each batch size."""
-    session = _session(path, device=device)
+    sess = session(path, device=device)
     reference = copy.deepcopy(wrapper).to(device)
     gen = torch.Generator().manual_seed(0)
     diffs = dict.fromkeys(OUTPUT_NAMES, 0.0)
@@ -138,7 +138,7 @@ def _compare(wrapper: nn.Module, path: Path, *, img_res: int, batches: tuple[int
         x = torch.randn(b, 3, img_res, img_res, generator=gen)
         with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             ref = [r.cpu() for r in reference(x.to(device))]
-        got = session.run(list(OUTPUT_NAMES), {"img": x.numpy()})
+        got = sess.run(list(OUTPUT_NAMES), {"img": x.numpy()})
         for name, r, g in zip(OUTPUT_NAMES, ref, got):
             if tuple(g.shape) != tuple(r.shape):
                 raise ExportMismatchError(
@@ -147,7 +147,9 @@ def _compare(wrapper: nn.Module, path: Path, *, img_res: int, batches: tuple[int
     return diffs
 
 
-def _session(path: str | Path, *, threads: int | None = None, device: torch.device = torch.device("cpu")):
+def session(path: str | Path, *, threads: int | None = None, device: torch.device = torch.device("cpu")):
+    """An onnxruntime session: `threads` intra-op threads (default: torch's), CUDA's provider first on a CUDA device
+    when the installed onnxruntime has it, else the CPU provider."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -167,14 +169,14 @@ def onnx_latency(
     Threads default to torch's intra-op thread count, so the figure compares with PyTorch's CPU latency.
     """
     threads = threads or torch.get_num_threads()
-    session = _session(path, threads=threads)
+    sess = session(path, threads=threads)
     x = torch.randn(batch, 3, img_res, img_res).numpy()
     for _ in range(warmup):
-        session.run(None, {"img": x})
+        sess.run(None, {"img": x})
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
-        session.run(None, {"img": x})
+        sess.run(None, {"img": x})
         samples.append((time.perf_counter() - start) * 1000.0)
     q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
     return {"median_ms": statistics.median(samples), "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(samples),

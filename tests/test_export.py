@@ -104,7 +104,7 @@ def test_onnx_latency_stats(tmp_path, monkeypatch):
 
     info = export_onnx(_tiny(), tmp_path / "tiny.onnx", img_res=IMG_RES)
     runs = []
-    real = export._session(info["path"], threads=1)
+    real = export.session(info["path"], threads=1)
 
     class Counting:
         def run(self, names, feeds):
@@ -112,7 +112,7 @@ def test_onnx_latency_stats(tmp_path, monkeypatch):
             return real.run(names, feeds)
 
     ticks = iter(t for i, ms in enumerate([3, 1, 2, 9, 5, 4, 8, 6, 7]) for t in (10.0 * i, 10.0 * i + ms / 1000))
-    monkeypatch.setattr(export, "_session", lambda path, threads=None: Counting())
+    monkeypatch.setattr(export, "session", lambda path, threads=None: Counting())
     monkeypatch.setattr(export.time, "perf_counter", lambda: next(ticks))
     stats = onnx_latency(info["path"], img_res=IMG_RES, batch=2, repeats=9, warmup=2, threads=1)
     assert runs == [(2, 3, IMG_RES, IMG_RES)] * 11  # warm-up runs are not timed

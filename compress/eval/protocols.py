@@ -38,6 +38,7 @@ from compress.eval.metrics import LspSegmentation, mpjpe, pa_mpjpe, pve
 from compress.eval.render import load_face_labels, render_parts, uncrop
 from compress.geometry import rotmat_to_axis_angle
 from compress.io import atomic_write_bytes, atomic_write_json, atomic_write_text, json_text
+from compress.onnx_model import OnnxHMR, is_onnx
 from compress.runs import metrics_file
 from compress.smpl import SMPL
 
@@ -150,10 +151,14 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     **kwargs,
 ) -> dict[str, dict[str, float]]:
-    """Load a checkpoint (ours, SPIN's or a bare state_dict with `name=`) and `evaluate()` it."""
+    """Load a checkpoint (ours, SPIN's or a bare state_dict with `name=`, or an `.onnx` file run in ONNX Runtime)
+    and `evaluate()` it."""
     # a root without the files fails before the checkpoint is loaded
     present_datasets(root, kwargs.get("datasets", tuple(EVAL_DATASETS)), strict=bool(kwargs.get("strict")),
                      warn=False)
+    if is_onnx(checkpoint):  # an exported (or INT8) model, run in ONNX Runtime at its own resolution
+        model = OnnxHMR(checkpoint, device=device or "cpu")
+        return evaluate(model, root, img_res=model.img_res, device=device, **kwargs)
     overrides = {"img_res": img_res} if img_res else {}
     model, _ = load_checkpoint(checkpoint, name=name, **overrides)
     if device is not None:

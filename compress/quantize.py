@@ -1,0 +1,175 @@
+"""`compress quantize RUN|CKPT`: post-training static INT8 quantization in ONNX Runtime, scored like any model.
+
+The model is exported to ONNX (verified against PyTorch, compress.export), calibrated on N crops of the data
+root's training sets (the run's `data` section: SPIN's mixed set, no augmentation, a seeded draw), and quantized
+with onnxruntime.quantization.quantize_static: QDQ format, per-channel int8 weights, uint8 activations (on x86
+with VNNI signed activations ran no faster than fp32 in our measurements), a choice of calibration method, and
+the IEF regressor's output heads (`decpose`, `decshape`, `deccam`) kept in fp32 by default. It writes
+`<run>/model.onnx` (fp32), `<run>/quantized.onnx` and `<run>/quantized.json` (sizes, ONNX Runtime latency of both
+timed in alternation, and the evaluation suite of both when asked).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from compress.errors import UserError
+from compress.io import atomic_write_json
+from compress.recipe import DataSpec
+from compress.runs import RECIPE_FILE, load_run_recipe, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+FP32_FILE, INT8_FILE, SUMMARY_FILE = "model.onnx", "quantized.onnx", "quantized.json"
+KEEP_FP32 = ("decpose", "decshape", "deccam")  # the IEF heads: tiny layers whose outputs feed back each iteration
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize: calibration size and method, layers kept in fp32, weights per channel."""
+
+    calib: int = 64
+    method: str = "minmax"
+    keep_fp32: tuple[str, ...] = KEEP_FP32
+    per_channel: bool = True
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.calib < 1:
+            raise UserError(f"--calib must be at least 1, got {self.calib}")
+        if self.method not in METHODS:
+            raise UserError(f"--method {self.method!r}: choose {', '.join(METHODS)}")
+
+
+def calibration_images(data: DataSpec, *, img_res: int, n: int, seed: int = 0) -> np.ndarray:
+    """n crops (n, 3, R, R) float32 of the training mix, drawn without augmentation in a seeded order."""
+    from compress.data.datasets import training_set
+
+    dataset = training_set(data, img_res=img_res, augment=False)
+    if len(dataset) < n:
+        raise UserError(f"calibration set too small: {data.root} has {len(dataset)} training crops, --calib {n}; "
+                        "lower --calib or point --data at a larger root")
+    order = np.random.default_rng(seed).permutation(len(dataset))[:n]
+    return np.stack([dataset[int(i)]["img"].numpy() for i in order]).astype(np.float32)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over an array of images, in batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = 8):
+        self.batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
+        self.input_name = input_name
+
+    def get_next(self) -> Optional[dict]:
+        batch = next(self.batches, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def excluded_nodes(model_path: Path, patterns: Iterable[str]) -> list[str]:
+    """Names of the graph's nodes whose name contains one of `patterns` (kept in fp32)."""
+    import onnx
+
+    patterns = [p for p in patterns if p]
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node if any(p in n.name for p in patterns)]
+
+
+def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, spec: QuantSpec) -> dict:
+    """quantize_static of `fp32` into `out` (QDQ, uint8 activations, int8 weights); returns what was done."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        exclude = excluded_nodes(prepared, spec.keep_fp32)
+        quantize_static(
+            str(prepared), str(out), _Reader(images, "img"), quant_format=QuantFormat.QDQ,
+            per_channel=spec.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]), nodes_to_exclude=exclude)
+    return {"format": "QDQ", "weights": "int8 per-channel" if spec.per_channel else "int8 per-tensor",
+            "activations": "uint8", "method": spec.method, "calibration_images": len(images),
+            "kept_fp32": exclude}
+
+
+def ab_onnx_latency(paths: dict[str, Path], *, img_res: int, batch: int = 1, threads: int = 1,
+                    rounds: int = 30, warmup: int = 5) -> dict[str, dict]:
+    """ONNX Runtime latency of several files timed in alternation (A B A B ...): median and p10/p90 in ms."""
+    from compress.export import session
+
+    sessions = {k: session(p, threads=threads) for k, p in paths.items()}
+    x = np.random.default_rng(0).standard_normal((batch, 3, img_res, img_res)).astype(np.float32)
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(warmup + rounds):
+        for key, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, {"img": x})
+            if i >= warmup:
+                samples[key].append((time.perf_counter() - start) * 1000.0)
+    out = {}
+    for key, v in samples.items():
+        q = statistics.quantiles(v, n=10)
+        out[key] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1], "batch": batch,
+                    "threads": threads, "rounds": rounds}
+    return out
+
+
+def _data_spec(target: Path, root: Optional[str]) -> DataSpec:
+    """The run's data section (its recipe) with --data over it, else the default mix under `root`."""
+    run_dir = target if target.is_dir() else target.parent
+    if (run_dir / RECIPE_FILE).is_file():
+        data = load_run_recipe(run_dir, [f"data.root={root}"] if root else []).data
+    else:
+        from compress.recipe import data_root
+
+        data = DataSpec(root=str(data_root(root)))
+    return dataclasses.replace(data, workers=0)
+
+
+def run_quantize(target: str | Path, *, spec: QuantSpec = QuantSpec(), data: Optional[str] = None,
+                 out: Optional[str | Path] = None, datasets: Optional[list[str]] = None,
+                 subset: Optional[int] = None, threads: int = 1) -> dict:
+    """Export, calibrate, quantize, then time (and with `datasets`, evaluate) fp32 and INT8 side by side."""
+    from compress.export import export_onnx
+    from compress.profile import load_any
+
+    spec.check()
+    target = Path(target)
+    ckpt = resolve_checkpoint(target, what="compress quantize")
+    model, _ = load_any(str(ckpt))
+    res = int(getattr(model, "img_res", 224))
+    int8 = Path(out) if out else ckpt.parent / INT8_FILE
+    fp32 = int8.with_name(FP32_FILE if not out else int8.stem + ".fp32.onnx")
+    data_spec = _data_spec(target, data)
+    images = calibration_images(data_spec, img_res=res, n=spec.calib, seed=spec.seed)  # fails before exporting
+    export_onnx(model, fp32, img_res=res)
+    done = quantize_onnx(fp32, int8, images, spec)
+    summary = {"checkpoint": str(ckpt), "fp32": str(fp32), "int8": str(int8), "img_res": res, **done,
+               "size_mb": {"fp32": fp32.stat().st_size / 2**20, "int8": int8.stat().st_size / 2**20}}
+    summary["latency_ms"] = {f"b{b}": ab_onnx_latency({"fp32": fp32, "int8": int8}, img_res=res, batch=b,
+                                                     threads=threads, rounds=30 if b == 1 else 8)
+                             for b in (1, 32)}
+    if datasets:
+        summary["metrics"] = _evaluate_pair(fp32, int8, data_spec.root, datasets=datasets, subset=subset)
+    atomic_write_json(int8.with_name(int8.stem + ".json") if out else int8.with_name(SUMMARY_FILE), summary)
+    return summary
+
+
+def _evaluate_pair(fp32: Path, int8: Path, root: str, *, datasets: list[str], subset: Optional[int]) -> dict:
+    from compress.eval.protocols import evaluate
+    from compress.onnx_model import OnnxHMR
+
+    out = {}
+    for key, path in (("fp32", fp32), ("int8", int8)):
+        model = OnnxHMR(path, threads=torch.get_num_threads())
+        out[key] = evaluate(model, root, datasets=datasets, img_res=model.img_res, subset=subset, workers=0)
+    return out

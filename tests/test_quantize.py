@@ -1,0 +1,69 @@
+"""INT8 in ONNX Runtime: `compress eval model.onnx` scores an exported model like its checkpoint, and
+`compress quantize` writes a QDQ model calibrated on training crops, with the IEF heads in fp32."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from compress.checkpoint import save_checkpoint
+from compress.cli import main
+from compress.eval.protocols import evaluate_checkpoint
+from compress.export import export_onnx
+from compress.models import create_model
+from compress.quantize import QuantSpec, run_quantize
+
+RES = 32
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(create_model("hmr_tiny", img_res=RES), tmp_path / "run" / "trained.pt", stage="trained")
+
+
+def test_eval_of_the_onnx_file_equals_the_checkpoints(synth_root, tiny_ckpt, tmp_path):
+    onnx_file = export_onnx(tiny_ckpt, tmp_path / "m.onnx")["path"]
+    kw = dict(root=synth_root, datasets=["3dpw", "h36m-p2"], device="cpu")
+    ours = evaluate_checkpoint(tiny_ckpt, **kw)
+    ort = evaluate_checkpoint(onnx_file, **kw)
+    for ds in ours:
+        assert ort[ds]["n"] == ours[ds]["n"] > 0
+        for k in ("mpjpe_mm", "pa_mpjpe_mm"):
+            assert ort[ds][k] == pytest.approx(ours[ds][k], abs=1e-3), (ds, k)
+
+
+def test_quantize_writes_a_calibrated_qdq_model(synth_root, tiny_ckpt):
+    summary = run_quantize(tiny_ckpt, spec=QuantSpec(calib=4), data=str(synth_root), datasets=["3dpw"])
+    run = tiny_ckpt.parent
+    assert (run / "quantized.onnx").is_file() and (run / "model.onnx").is_file()
+    assert json.loads((run / "quantized.json").read_text())["int8"] == str(run / "quantized.onnx")
+    graph = onnx.load(str(run / "quantized.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    heads = [n for n in summary["kept_fp32"] if "dec" in n]
+    assert heads and len(heads) == len(summary["kept_fp32"])  # decpose/decshape/deccam of each IEF iteration
+    assert summary["calibration_images"] == 4
+    assert summary["size_mb"]["int8"] < summary["size_mb"]["fp32"]
+    m = summary["metrics"]
+    assert m["int8"]["3dpw"]["n"] == m["fp32"]["3dpw"]["n"] > 0
+    assert abs(m["int8"]["3dpw"]["mpjpe_mm"] - m["fp32"]["3dpw"]["mpjpe_mm"]) < 50  # same model, 8-bit
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_and_calibration_errors_are_one_line_exit_2(synth_root, tiny_ckpt, tmp_path, capsys):
+    data = ["--data", str(synth_root)]
+    assert main(["eval", str(tmp_path / "missing.onnx"), *data]) == 2
+    assert "ONNX file not found" in capsys.readouterr().err
+    (tmp_path / "junk.onnx").write_bytes(b"\x00not a protobuf\xff" * 10)
+    assert main(["eval", str(tmp_path / "junk.onnx"), *data]) == 2
+    assert "not an ONNX file" in capsys.readouterr().err
+    linear = tmp_path / "linear.onnx"
+    torch.onnx.export(torch.nn.Linear(10, 3), (torch.zeros(1, 10),), str(linear), dynamo=False)
+    assert main(["eval", str(linear), *data]) == 2
+    assert "not an HMR image model" in capsys.readouterr().err
+    assert main(["quantize", str(tiny_ckpt), "--calib", "1000", "--no-eval", *data]) == 2
+    assert "calibration set too small" in capsys.readouterr().err
+    assert not (tiny_ckpt.parent / "quantized.onnx").exists()
