@@ -339,12 +339,19 @@ def _parse_floats(text: str, flag: str) -> list[float]:
 # ----------------------------------------------------------------------------------------------- report, export
 
 
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
 def cmd_report(args) -> int:
     from compress.report import run_report
 
     fmt = "json" if args.json else args.format
     rows, out = run_report(args.runs or None, baseline=args.baseline, fmt=fmt, plots=args.plots, retime=args.retime,
-                           runs_dir=args.runs_dir, device=str(resolve_device(args.device)), onnx=args.onnx_latency,
+                           runs_dir=args.runs_dir, device=str(resolve_device(args.device)),
+                           onnx=_has_onnxruntime() if args.onnx_latency is None else args.onnx_latency,
                            interleave=args.interleave,
                            width=_console().width, color=sys.stdout.isatty())
     if fmt == "md":
@@ -545,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retime", action="store_true", help="measure latency and memory again (ignore the cache)")
     p.add_argument("--interleave", action="store_true",
                    help="time all rows again in alternation (fair comparison on a busy machine; not cached)")
-    p.add_argument("--onnx-latency", action="store_true", help="add an onnxruntime CPU latency column")
+    p.add_argument("--onnx-latency", action=argparse.BooleanOptionalAction, default=None,
+                   help="ONNX Runtime CPU latency columns (batch 1 and 32; default: on when onnxruntime is installed)")
     p.add_argument("--device", default=AUTO, help="device for profiling: " + DEVICE_HELP)
     p.add_argument("--runs-dir", default="runs", help="where runs live (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="same as --format json")

@@ -163,11 +163,12 @@ def _virtual_baseline(first: Node, *, runs_dir: Path, onnx: bool) -> dict:
         "params_total": before.get("params_total"), "params_encoder": before.get("params_encoder"),
         "params_regressor": before.get("params_regressor"), "macs": before.get("macs"),
         "latency_ms": None, "latency_b32_ms": None, "gpu_latency_ms": None, "onnx_latency_ms": None,
+        "onnx_latency_b32_ms": None,
         "peak_mem_mb": None, "metrics": {}, "metrics_source": {},
         "notes": {"row": why + ("; params and MACs from its prune summary" if before else "")},
     }
     skip = {"gpu_latency_ms"} if not torch.cuda.is_available() else set()
-    skip |= set() if onnx else {"onnx_latency_ms"}
+    skip |= set() if onnx else {"onnx_latency_ms", "onnx_latency_b32_ms"}
     for col in COLUMNS:
         if not is_number(get_path(row, col.path)) and col.key not in skip:
             row["notes"][col.key] = "no baseline checkpoint to measure"
@@ -264,7 +265,7 @@ def _metrics(path: Path, meta: dict) -> tuple[dict, dict]:
 
 
 DELTA_FIELDS = ("params_total", "params_encoder", "params_regressor", "macs", "latency_ms", "latency_b32_ms",
-                "gpu_latency_ms", "onnx_latency_ms", "peak_mem_mb", "metrics")
+                "gpu_latency_ms", "onnx_latency_ms", "onnx_latency_b32_ms", "peak_mem_mb", "metrics")
 
 
 def compute_delta(row: dict, base: dict) -> dict:
