@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from compress.checkpoint import save_checkpoint
+from compress.checkpoint import load_checkpoint, save_checkpoint
 from compress.cli import main
 from compress.eval.protocols import evaluate_checkpoint
 from compress.export import export_onnx
@@ -67,3 +67,25 @@ def test_onnx_and_calibration_errors_are_one_line_exit_2(synth_root, tiny_ckpt, 
     assert main(["quantize", str(tiny_ckpt), "--calib", "1000", "--no-eval", *data]) == 2
     assert "calibration set too small" in capsys.readouterr().err
     assert not (tiny_ckpt.parent / "quantized.onnx").exists()
+
+
+def test_report_shows_the_int8_model_after_its_source(synth_root, tiny_ckpt, monkeypatch):
+    import compress.profile
+
+    monkeypatch.setattr(compress.profile, "measured_peak_memory_mb", lambda *a, train, **k: 2.0 if train else 1.0)
+    model = load_checkpoint(tiny_ckpt)[0]
+    metrics = evaluate_checkpoint(tiny_ckpt, root=synth_root, datasets=["3dpw"])
+    save_checkpoint(model, tiny_ckpt, stage="trained", metrics=metrics)  # a baseline with its own metrics
+    summary = run_quantize(tiny_ckpt, spec=QuantSpec(calib=4), data=str(synth_root), datasets=["3dpw"])
+    from compress.report import collect_rows
+
+    rows = collect_rows(runs_dir=tiny_ckpt.parent.parent, device="cpu", onnx=True)
+    assert [r["stage"] for r in rows] == ["baseline", "baseline+INT8"]
+    base, int8 = rows
+    assert int8["checkpoint"] == summary["int8"] and int8["parent"] == base["checkpoint"]
+    assert int8["params_total"] == base["params_total"] and int8["macs"] == base["macs"]
+    assert int8["metrics"]["3dpw"] == summary["metrics"]["int8"]["3dpw"]
+    assert int8["onnx_latency_ms"] > 0 and int8["onnx_latency_b32_ms"] > 0 and base["onnx_latency_ms"] > 0
+    assert int8["latency_ms"] is None and "ONNX Runtime only" in int8["notes"]["latency_ms"]
+    want = int8["metrics"]["3dpw"]["mpjpe_mm"] - base["metrics"]["3dpw"]["mpjpe_mm"]
+    assert int8["delta"]["metrics"]["3dpw"]["mpjpe_mm"]["abs"] == pytest.approx(want)

@@ -94,8 +94,8 @@ def _gpu_latency(path: Path, profile: dict | None, *, retime: bool, device: str,
 
 def _onnx_latency(path: Path, profile: dict | None, *, retime: bool, foreign: dict | None = None
                   ) -> tuple[dict | None, str]:
-    """onnxruntime CPU latency at batch 1 and 32 ({"b1": stats, "b32": stats}), cached beside the checkpoint while
-    the file is unchanged."""
+    """onnxruntime CPU latency of a checkpoint at batch 1 and 32 ({"b1": stats, "b32": stats}), cached beside the
+    checkpoint while the file is unchanged."""
     cached = None if retime else profiler.read_cache(path, profiler.ONNX_LATENCY_CACHE)
     if isinstance(cached, dict) and "b1" in cached and "b32" in cached:
         return cached, ""
@@ -103,13 +103,31 @@ def _onnx_latency(path: Path, profile: dict | None, *, retime: bool, foreign: di
         with tempfile.TemporaryDirectory() as tmp:
             model, _ = profiler.load_any(str(path), foreign=foreign)
             info = export.export_onnx(model, Path(tmp) / "model.onnx", img_res=(profile or {}).get("img_res"))
-            stats = {f"b{b}": export.onnx_latency(info["path"], img_res=info["img_res"], batch=b,
-                                                  repeats=30 if b == 1 else 10) for b in (1, 32)}
+            stats = _time_onnx(info["path"], img_res=info["img_res"])
     except Exception as exc:
         log.warning("onnxruntime latency failed for %s: %s", path, exc)
         return None, f"ONNX export failed ({type(exc).__name__})"
     profiler.write_cache(path, profiler.ONNX_LATENCY_CACHE, stats)
     return stats, ""
+
+
+def onnx_file_latency(path: Path, *, img_res: int, retime: bool) -> tuple[dict | None, str]:
+    """The same figures for an ONNX file itself (an INT8 model), cached beside it."""
+    cached = None if retime else profiler.read_cache(path, profiler.ONNX_LATENCY_CACHE)
+    if isinstance(cached, dict) and "b1" in cached and "b32" in cached:
+        return cached, ""
+    try:
+        stats = _time_onnx(path, img_res=img_res)
+    except Exception as exc:
+        log.warning("onnxruntime latency failed for %s: %s", path, exc)
+        return None, f"ONNX Runtime failed ({type(exc).__name__})"
+    profiler.write_cache(path, profiler.ONNX_LATENCY_CACHE, stats)
+    return stats, ""
+
+
+def _time_onnx(path: str | Path, *, img_res: int) -> dict:
+    return {f"b{b}": export.onnx_latency(path, img_res=img_res, batch=b, repeats=30 if b == 1 else 10)
+            for b in (1, 32)}
 
 
 def noise_notes(lat: dict, notes: dict[str, str]) -> None:

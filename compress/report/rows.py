@@ -19,6 +19,7 @@ from compress.constants import EVAL_DATASETS
 from compress.errors import UserError
 from compress.report.columns import COLUMNS, COST_COLUMNS, DATASET_TITLES, RATIOS, get_path, is_number
 from compress.report.costs import choose_memory, interleave_latency, row_costs
+from compress.report.int8 import with_int8_rows
 from compress.runs import (FINETUNED, PRUNED, RUNS_DIR, Lineage, Node, discover_runs, resolve_checkpoint,
                            is_trained, metrics_file, parent_ref, read_meta, resolve_run, stage_checkpoints)
 
@@ -133,6 +134,7 @@ def collect_rows(
             label, _ = members[path]
             rows.append(_row(lineage.node(path), label, runs_dir=runs_dir, retime=retime, device=device, onnx=onnx,
                              foreign=lineage.foreign_model(path)))
+        rows[start:] = with_int8_rows(rows[start:], retime=retime, onnx=onnx)  # <run>/quantized.onnx: +INT8
         group = rows[start:]
         choose_memory(group)
         if interleave:
