@@ -1,7 +1,8 @@
 """`compress demo`: the whole pipeline on the synthetic benchmark, sized for a CPU.
 
 synthetic root -> MobileNetV2 baseline (train) -> P1 (prune 20%) -> FT with distillation, and FT without it ->
-P2 (a further 20%, from P1's distilled FT) -> FT -> report (with the recovery table: KD vs no KD at the same N).
+P2 (a further 20%, from P1's distilled FT) -> FT -> INT8 of the final model (ONNX Runtime, compress quantize) ->
+report (ONNX Runtime columns, the INT8 row, the recovery table: KD vs no KD at the same N).
 Every stage is skipped when its output already exists (re-running resumes), unless `force`.
 """
 from __future__ import annotations
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from compress.constants import EVAL_DATASETS
 from compress.data.synthetic import generate_root
 from compress.eval.protocols import evaluate_into_run
 from compress.prune.run import run_prune
+from compress.quantize import SUMMARY_FILE, QuantSpec, run_quantize
 from compress.recipe import load_recipe
 from compress.report import run_report
 from compress.runs import FINETUNED, PRUNED, TRAINED
@@ -36,6 +39,7 @@ class DemoSize:
     ft_epochs: tuple[int, int]  # FT after P1, FT after P2 (the study: 20 and 8)
     ft_steps: int
     eval_subset: Optional[int]
+    calib: int  # INT8 calibration crops (the small root's training mix holds 6)
     # Rates, measured on this benchmark (64 px, batch 32, 2,100 steps): a uniform 1e-3 overflows SPIN's
     # exp(-10 s) camera term within 200 steps even with a warm-up; 2e-4 regressor / 2e-3 encoder learned as fast
     # as a uniform 5e-4 but overflowed once after 1,050 steps; a uniform 5e-4 trained cleanly.
@@ -48,10 +52,10 @@ class DemoSize:
 
 
 QUICK = DemoSize(synth="small", data_root="data/synthetic-small", img_res=64, batch_size=4, train_epochs=2,
-                 train_steps=6, ft_epochs=(2, 1), ft_steps=4, eval_subset=None, lr=3e-4, encoder_lr=3e-4,
+                 train_steps=6, ft_epochs=(2, 1), ft_steps=4, eval_subset=None, calib=4, lr=3e-4, encoder_lr=3e-4,
                  ft_lr=1e-4, ft_encoder_lr=1e-4, warmup_steps=0)
 DEFAULT = DemoSize(synth="default", data_root="data/synthetic", img_res=64, batch_size=32, train_epochs=100,
-                   train_steps=100, ft_epochs=(8, 4), ft_steps=100, eval_subset=None, lr=5e-4, encoder_lr=5e-4,
+                   train_steps=100, ft_epochs=(8, 4), ft_steps=100, eval_subset=None, calib=64, lr=5e-4, encoder_lr=5e-4,
                    ft_lr=1e-4, ft_encoder_lr=1e-3, warmup_steps=100)
 # Loss weights of the demo's training and fine-tuning (SPIN: pose 1, betas 0.001, no clipping). Trained from
 # scratch for minutes, the model cannot yet see the body's yaw; with SPIN's weights the keypoint losses then shrink
@@ -103,9 +107,12 @@ def run_demo(
         run_finetune(p1, epochs=size.ft_epochs[0], overrides=["finetune.distill=null"], out_dir=p1_plain,
                      resume=True, progress=bar("finetune mbv2_p1 without distillation"))
     p2 = _prune_and_finetune("mbv2_p2", out, p1, base / TRAINED, common, size, size.ft_epochs[1], bar)
+    if not (p2 / SUMMARY_FILE).exists():  # the final model in INT8, scored on the whole suite
+        run_quantize(p2 / FINETUNED, spec=QuantSpec(calib=size.calib), datasets=list(EVAL_DATASETS),
+                     subset=size.eval_subset)
     # interleave: all rows timed in alternation, so a busy machine slows every row alike
     rows, md = run_report([p2, p1, p1_plain], baseline=base / TRAINED, fmt="md", plots=out / "plots",
-                          runs_dir=out, interleave=True)
+                          runs_dir=out, interleave=True, onnx=True)
     return {"rows": rows, "markdown": md, "out": str(out), "data_root": str(root)}
 
 

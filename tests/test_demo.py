@@ -32,6 +32,10 @@ def test_demo_pipeline_shrinks_and_evaluates_every_stage(demo):
     for row in rows:  # every stage, the pruned ones before fine-tuning included, has the full suite
         assert set(row["metrics"]) == {"3dpw", "mpi-inf-3dhp", "h36m-p1", "h36m-p2", "lsp"}
         assert row["metrics"]["3dpw"]["pa_mpjpe_mm"] > 0
+    int8 = _row(rows, "P2+FT")
+    int8 = next(r for r in rows if r["stage"] == int8["stage"] + "+INT8")  # the final model in ONNX Runtime
+    assert int8["params_total"] == p2["params_total"] and int8["onnx_latency_ms"] > 0
+    assert int8["checkpoint"].endswith("quantized.onnx")
     ft = _row(rows, "P1+FT")
     assert ft["delta"]["params_total"]["abs"] == ft["params_total"] - base["params_total"]
     out = work / "runs" / "quick"
