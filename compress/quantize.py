@@ -119,8 +119,20 @@ def ab_onnx_latency(paths: dict[str, Path], *, img_res: int, batch: int = 1, thr
     for key, v in samples.items():
         q = statistics.quantiles(v, n=10)
         out[key] = {"median_ms": statistics.median(v), "p10_ms": q[0], "p90_ms": q[-1], "batch": batch,
-                    "threads": threads, "rounds": rounds}
+                    "threads": threads, "rounds": rounds, "samples_ms": v}
     return out
+
+
+def ab_model_latency_ort(models: dict[str, torch.nn.Module], *, img_res: int, batch: int = 1, threads: int = 1,
+                         repeats: int = 21, **_) -> dict[str, dict]:
+    """compress.latency.ab_latency's figures for PyTorch models run in ONNX Runtime: each is exported (and checked)
+    to a temporary file, then all are timed in alternation."""
+    from compress.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {k: Path(export_onnx(m, Path(tmp) / f"{i}.onnx", img_res=img_res)["path"])
+                 for i, (k, m) in enumerate(models.items())}
+        return ab_onnx_latency(paths, img_res=img_res, batch=batch, threads=threads, rounds=repeats)
 
 
 def _data_spec(target: Path, root: Optional[str]) -> DataSpec:

@@ -98,6 +98,9 @@ class PruneTarget:
         None, "target latency as a fraction of the unpruned start model's, both measured on `device`", gt=0, lt=1)
     latency_batch: int = opt(1, "batch size the latency target is measured at", ge=1)
     device: str = opt("cpu", "where latency is measured: cpu or cuda[:N] (the machine the command runs on)")
+    runtime: Literal["torch", "ort"] = opt(
+        "torch", "what runs the model when latency is measured: torch (eager PyTorch) or ort (ONNX Runtime on the "
+                 "CPU: the exported model, as deployed)")
     threads: Optional[int] = opt(None, "CPU threads while measuring latency (null: torch's current setting)", ge=1)
 
     def check(self, given: frozenset[str]) -> list[str]:
@@ -107,6 +110,8 @@ class PruneTarget:
             return [f"give exactly one of {', '.join(figures)} (got {given_ or 'none'})"]
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             return [f"device: expected cpu or cuda[:N], got {self.device!r}"]
+        if self.runtime == "ort" and self.device != "cpu":
+            return [f"runtime: ort measures with ONNX Runtime's CPU provider; set device: cpu (got {self.device})"]
         return []
 
 

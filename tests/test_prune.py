@@ -525,3 +525,40 @@ def test_taylor_with_a_latency_target_calibrates_on_the_timing_device(synth_root
     assert run.result.target.device.startswith(device) and run.result.target.met
     assert run.result.calibration_batches == 1
     assert run.result.after.params_total < run.result.before.params_total
+
+
+def test_a_latency_target_can_be_met_in_onnx_runtime(tmp_path, monkeypatch, img):
+    """prune.target.runtime: ort times the exported models in ONNX Runtime (here a stand-in whose milliseconds
+    follow the ONNX file's size), never eager PyTorch's whole-model timer; the layer table still predicts."""
+    import compress.latency as latency
+    import compress.quantize as quantize
+    from compress.recipe import PruneSpec, PruneTarget
+
+    _fake_timers(monkeypatch)
+    monkeypatch.setattr(latency, "ab_latency", lambda *a, **k: pytest.fail("eager PyTorch timed the model"))
+    seen = []
+
+    def ort_timer(paths, *, img_res, batch, threads, rounds):
+        seen.append(sorted(paths))
+        out = {}
+        for key, path in paths.items():
+            ms = path.stat().st_size / 1e5
+            out[key] = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "samples_ms": [ms] * 3}
+        return out
+
+    monkeypatch.setattr(quantize, "ab_onnx_latency", ort_timer)
+    model = create_model("hmr_tiny", img_res=RES)
+    spec = PruneSpec(target=PruneTarget(latency_ratio=0.7, threads=1, runtime="ort"))
+    pruned, result = prune_model(model, spec, img, lut_dir=tmp_path / "cache")
+    assert seen[0] == ["start"] and ["pruned", "start"] in seen
+    assert result.target.runtime == "ort" and result.target.met
+    assert any("in ONNX Runtime on the CPU" in n for n in result.notes)
+    assert result.after.params_total < result.before.params_total
+
+
+def test_runtime_ort_needs_the_cpu():
+    from compress.errors import UserError
+    from compress.recipe import recipe_from_dict
+
+    with pytest.raises(UserError, match="runtime: ort"):
+        recipe_from_dict({"prune": {"target": {"latency_ratio": 0.5, "runtime": "ort", "device": "cuda"}}})

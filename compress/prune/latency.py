@@ -52,6 +52,7 @@ class LatencyOutcome:
     lut_measured: int
     search_seconds: float
     groups: dict[str, list[int]]  # changed groups: {root: [width at the start, kept width]}
+    runtime: str = "torch"  # what ran the model when it was timed: torch (eager) or ort (ONNX Runtime)
 
 
 def latency_candidates(width: int, *, min_keep: float, multiple: int = 8) -> list[int]:
@@ -148,6 +149,16 @@ class _LutCosts:
         return sum(layers.calls(n) * table[layers.sig(n, *d).key] for n, d in dims.items() if layers.calls(n))
 
 
+def _ab_timer(runtime: str):
+    """The whole-model A/B timer of prune.target.runtime: eager PyTorch, or the exported model in ONNX Runtime (the
+    layer lookup table stays PyTorch's: a predictor whose miss each round's measurement corrects)."""
+    if runtime == "ort":
+        from compress.quantize import ab_model_latency_ort  # here: export imports profile, which imports prune
+
+        return ab_model_latency_ort
+    return timing.ab_latency
+
+
 def prune_to_latency(model: nn.Module, spec: PruneSpec, example_inputs: torch.Tensor, *,
                      options: PruneOptions = PruneOptions(), lut_dir: str | Path | None = None,
                      lut_copy: str | Path | None = None, max_rounds: int = 5,
@@ -176,7 +187,8 @@ def prune_to_latency(model: nn.Module, spec: PruneSpec, example_inputs: torch.Te
     for g in groups:
         g.candidates = latency_candidates(g.width, min_keep=1.0 - spec.max_layer_ratio, multiple=multiple)
     costs = _LutCosts(LayerModel(model, groups, example), lut)
-    start = timing.ab_latency({"start": model}, img_res=res, batch=batch, device=device, threads=threads)["start"]
+    ab_latency = _ab_timer(target.runtime)
+    start = ab_latency({"start": model}, img_res=res, batch=batch, device=device, threads=threads)["start"]
     start_ms = start["median_ms"]
     budget_ms = target.latency_ms if target.latency_ms is not None else target.latency_ratio * start_ms
     if start_ms <= budget_ms:
@@ -200,8 +212,8 @@ def prune_to_latency(model: nn.Module, spec: PruneSpec, example_inputs: torch.Te
         the baseline alone."""
         worst = None
         for run in range(1, 3):
-            ab = timing.ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device,
-                                   threads=threads, repeats=ab_repeats)
+            ab = ab_latency({"start": model, "pruned": pruned}, img_res=res, batch=batch, device=device,
+                            threads=threads, repeats=ab_repeats)
             pair = timing.paired_ratio(ab["pruned"]["samples_ms"], ab["start"]["samples_ms"])
             score = (ab["pruned"]["median_ms"] / budget_ms if target.latency_ms is not None
                      else pair["median"] / target.latency_ratio)  # <= 1 meets the target
@@ -257,7 +269,7 @@ def prune_to_latency(model: nn.Module, spec: PruneSpec, example_inputs: torch.Te
         baseline_ms=last["baseline_ms"], goal_ms=last["goal_ms"], met=last["met"], rounds=rounds,
         lut=str(lut_path or lut_copy or ""), lut_entries=len(lut.table), lut_loaded=lut.loaded,
         lut_measured=lut.measured, search_seconds=round(time.perf_counter() - t0, 1),
-        groups={g.root: [g.width, w] for g, w in zip(groups, widths) if w != g.width},
+        groups={g.root: [g.width, w] for g, w in zip(groups, widths) if w != g.width}, runtime=target.runtime,
     )
     odd = [g.root for g, w in zip(groups, widths) if w != g.width and w % multiple]
     notes = _latency_notes(spec, outcome, budget_ms=budget_ms, max_rounds=max_rounds, multiple=multiple,
@@ -273,7 +285,8 @@ def _latency_notes(spec: PruneSpec, outcome: LatencyOutcome, *, budget_ms: float
     what = (f"{target.latency_ratio:g} x the start model" if target.latency_ratio is not None
             else f"{budget_ms:.2f} ms")
     plural = "s" if outcome.threads > 1 else ""
-    notes = [f"target: latency <= {what} at batch {outcome.batch} on {outcome.device} ({outcome.threads} "
+    where = "ONNX Runtime on the CPU" if outcome.runtime == "ort" else f"PyTorch on {outcome.device}"
+    notes = [f"target: latency <= {what} at batch {outcome.batch} in {where} ({outcome.threads} "
              f"thread{plural}): predicted {last['predicted_ms']:.2f} ms, measured {last['measured_ms']:.2f} ms "
              f"(p10-p90 {last['p10_ms']:.2f}-{last['p90_ms']:.2f}) vs baseline {last['baseline_ms']:.2f} ms in an "
              f"interleaved A/B timing (per-round ratio {last['paired_ratio']:.3f}, p10-p90 "
