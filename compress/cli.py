@@ -378,7 +378,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from compress.quantize import QuantSpec, run_quantize
+    from compress.quantize import QuantSpec, run_quantize, summary_rows
 
     keep = tuple(k for k in args.keep_fp32.split(",") if k.strip())
     spec = QuantSpec(calib=args.calib, method=args.method, keep_fp32=keep, per_channel=not args.per_tensor)
@@ -388,27 +388,10 @@ def cmd_quantize(args) -> int:
     if args.json:
         _print_json(summary)
         return 0
-    _print_rows(_quantize_rows(summary), title=f"INT8 (QDQ, {summary['weights']} weights, {summary['activations']} "
+    _print_rows(summary_rows(summary), title=f"INT8 (QDQ, {summary['weights']} weights, {summary['activations']} "
                 f"activations, {summary['method']} calibration on {summary['calibration_images']} crops)")
     _console().print(f"written: [bold]{summary['int8']}[/] (fp32: {summary['fp32']})")
     return 0
-
-
-def _quantize_rows(summary: dict) -> list[list[str]]:
-    """fp32 vs INT8: size, ONNX Runtime latency (alternating), and each dataset's MPJPE / PA-MPJPE."""
-    rows = [["", "fp32", "INT8", "INT8 / fp32"]]
-    size = summary["size_mb"]
-    rows.append(["size MB", f"{size['fp32']:.2f}", f"{size['int8']:.2f}", f"{size['int8'] / size['fp32']:.2f}x"])
-    for key, lat in summary["latency_ms"].items():
-        a, b = lat["fp32"]["median_ms"], lat["int8"]["median_ms"]
-        rows.append([f"ORT ms {key} ({lat['fp32']['threads']} thr)", f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x faster"])
-    metrics = summary.get("metrics") or {}
-    for ds, m in (metrics.get("fp32") or {}).items():
-        q = metrics["int8"].get(ds, {})
-        for k, label in (("mpjpe_mm", "MPJPE mm"), ("pa_mpjpe_mm", "PA-MPJPE mm")):
-            if k in m and k in q:
-                rows.append([f"{ds} {label}", f"{m[k]:.2f}", f"{q[k]:.2f}", f"{q[k] - m[k]:+.2f}"])
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------- demo

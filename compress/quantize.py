@@ -167,13 +167,18 @@ def run_quantize(target: str | Path, *, spec: QuantSpec = QuantSpec(), data: Opt
     done = quantize_onnx(fp32, int8, images, spec)
     summary = {"checkpoint": str(ckpt), "fp32": str(fp32), "int8": str(int8), "img_res": res, **done,
                "size_mb": {"fp32": fp32.stat().st_size / 2**20, "int8": int8.stat().st_size / 2**20}}
-    summary["latency_ms"] = {f"b{b}": ab_onnx_latency({"fp32": fp32, "int8": int8}, img_res=res, batch=b,
-                                                     threads=threads, rounds=30 if b == 1 else 8)
+    summary["latency_ms"] = {f"b{b}": _without_samples(ab_onnx_latency({"fp32": fp32, "int8": int8}, img_res=res,
+                                                                       batch=b, threads=threads,
+                                                                       rounds=30 if b == 1 else 8))
                              for b in (1, 32)}
     if datasets:
         summary["metrics"] = _evaluate_pair(fp32, int8, data_spec.root, datasets=datasets, subset=subset)
     atomic_write_json(int8.with_name(int8.stem + ".json") if out else int8.with_name(SUMMARY_FILE), summary)
     return summary
+
+
+def _without_samples(stats: dict[str, dict]) -> dict[str, dict]:
+    return {k: {n: v for n, v in s.items() if n != "samples_ms"} for k, s in stats.items()}
 
 
 def _evaluate_pair(fp32: Path, int8: Path, root: str, *, datasets: list[str], subset: Optional[int]) -> dict:
@@ -185,3 +190,20 @@ def _evaluate_pair(fp32: Path, int8: Path, root: str, *, datasets: list[str], su
         model = OnnxHMR(path, threads=torch.get_num_threads())
         out[key] = evaluate(model, root, datasets=datasets, img_res=model.img_res, subset=subset, workers=0)
     return out
+
+
+def summary_rows(summary: dict) -> list[list[str]]:
+    """fp32 vs INT8: size, ONNX Runtime latency (alternating), and each dataset's MPJPE / PA-MPJPE."""
+    rows = [["", "fp32", "INT8", "INT8 / fp32"]]
+    size = summary["size_mb"]
+    rows.append(["size MB", f"{size['fp32']:.2f}", f"{size['int8']:.2f}", f"{size['int8'] / size['fp32']:.2f}x"])
+    for key, lat in summary["latency_ms"].items():
+        a, b = lat["fp32"]["median_ms"], lat["int8"]["median_ms"]
+        rows.append([f"ORT ms {key} ({lat['fp32']['threads']} thr)", f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x faster"])
+    metrics = summary.get("metrics") or {}
+    for ds, m in (metrics.get("fp32") or {}).items():
+        q = metrics["int8"].get(ds, {})
+        for k, label in (("mpjpe_mm", "MPJPE mm"), ("pa_mpjpe_mm", "PA-MPJPE mm")):
+            if k in m and k in q:
+                rows.append([f"{ds} {label}", f"{m[k]:.2f}", f"{q[k]:.2f}", f"{q[k] - m[k]:+.2f}"])
+    return rows

@@ -52,6 +52,15 @@ def test_quantize_writes_a_calibrated_qdq_model(synth_root, tiny_ckpt):
     assert abs(m["int8"]["3dpw"]["mpjpe_mm"] - m["fp32"]["3dpw"]["mpjpe_mm"]) < 50  # same model, 8-bit
 
 
+def test_quantize_command_prints_size_latency_and_accuracy(synth_root, tiny_ckpt, capsys):
+    assert main(["quantize", str(tiny_ckpt.parent), "--calib", "4", "--data", str(synth_root),
+                 "--datasets", "3dpw", "--keep-fp32", ""]) == 0
+    out = capsys.readouterr().out
+    assert "size MB" in out and "ORT ms b1" in out and "3dpw MPJPE mm" in out
+    summary = json.loads((tiny_ckpt.parent / "quantized.json").read_text())
+    assert summary["kept_fp32"] == [] and "samples_ms" not in summary["latency_ms"]["b1"]["int8"]
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_and_calibration_errors_are_one_line_exit_2(synth_root, tiny_ckpt, tmp_path, capsys):
     data = ["--data", str(synth_root)]
