@@ -188,10 +188,11 @@ class _threads:
 def ab_latency(models: dict[str, nn.Module], *, img_res: int, batch: int = 1, device: str | torch.device = "cpu",
                threads: int | None = None, warmup: int = 3, repeats: int = 21) -> dict[str, dict]:
     """Whole-model latency timed in alternation (A B A B ...): median, p10, p90 in ms per model, and the raw
-    `samples_ms` (sample i of every model comes from the same round, so per-round ratios can be paired)."""
+    `samples_ms` (sample i of every model comes from the same round, so per-round ratios can be paired). Inference
+    only: no autograd graph is built (as deployed); CUDA is synchronised around each call."""
     device = torch.device(device)
     x = torch.randn(batch, 3, img_res, img_res, device=device)
-    with _threads(threads):
+    with _threads(threads), torch.no_grad():
         for m in models.values():
             m.eval().to(device)
             for _ in range(warmup):
