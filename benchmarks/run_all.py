@@ -42,6 +42,8 @@ def benchmarks(quick: bool, data: str) -> list[tuple[str, list[str]]]:
         ("Training throughput: full loop vs model only",
          ["bench_train.py", "--data", data, "--model", "hmr_mobilenet_v2", "--img-res", res,
           "--batch-size", "16" if quick else "32"]),
+        # the issue-14 goals are stated at 224 px, one thread: measured at that size also in --quick (about 2 min)
+        ("Where models are deployed: PyTorch vs ONNX Runtime, fp32 vs INT8", ["bench_runtime.py", "--img-res", "224"]),
     ]
 
 
