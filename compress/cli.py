@@ -133,10 +133,9 @@ def _eval_progress(bar):
 
 def _default_eval_dir(checkpoint: str) -> Path:
     """Per-sample results go beside the checkpoint: <dir>/eval_<stem>/ (a run dir: its resolved checkpoint)."""
-    from compress.runs import resolve_checkpoint
+    from compress.runs import eval_dir, resolve_checkpoint
 
-    path = Path(checkpoint) if Path(checkpoint).suffix == ".onnx" else Path(resolve_checkpoint(checkpoint))
-    return path.parent / f"eval_{path.stem}"
+    return eval_dir(checkpoint if Path(checkpoint).suffix == ".onnx" else resolve_checkpoint(checkpoint))
 
 
 def cmd_eval(args) -> int:

@@ -44,6 +44,12 @@ def load_run_recipe(run_dir: str | os.PathLike, overrides: Iterable[str] = ()) -
     return load_recipe(path, overrides=list(overrides), env=False)
 
 
+def eval_dir(checkpoint: str | os.PathLike) -> Path:
+    """Where `compress eval CKPT` writes per-sample results and summary.json by default: <dir>/eval_<stem>/."""
+    path = Path(checkpoint)
+    return path.parent / f"eval_{path.stem}"
+
+
 def metrics_file(run_dir: str | os.PathLike, stage_file: str) -> Path:
     """runs/NAME/metrics/<stem>.json for a stage file (trained.pt -> metrics/trained.json)."""
     return Path(run_dir) / METRICS_DIR / f"{Path(stage_file).stem}.json"

@@ -48,6 +48,10 @@ def test_spin_checkpoint_through_prune_finetune_report_sensitivity(synth_root, t
     finetuned = torch.load(tmp_path / "runs/resnet50_p1/finetuned.pt", weights_only=True)
     assert finetuned["distill"] is True and finetuned["stage"] == "FT(1)"
 
+    # SPIN's file records no metrics: `compress eval` on it (no name: the run recorded it) gives the baseline row its
+    assert main(["eval", str(spin), "--data", str(synth_root), "--datasets", "3dpw", "--subset", "4",
+                 "--device", "cpu"]) == 0
+
     # Profiling times ResNet-50 at batch 1 only, twice (batch 32 x 15 would take minutes on two cores); the memory
     # probe still runs in its own process, which must load SPIN's file by the recorded name too.
     real = profiler.profile_checkpoint
@@ -61,6 +65,9 @@ def test_spin_checkpoint_through_prune_finetune_report_sensitivity(synth_root, t
     assert base["params_total"] == SPIN_PARAMS
     assert base["latency_ms"] > 0 and base["macs"] > 0  # profiled, not a "not profiled" note
     assert "params" not in base["notes"] and base["peak_mem_mb"]["train_measured"] > 0
+    assert base["metrics"]["3dpw"]["n"] == 4 and base["metrics_source"]["3dpw"].endswith("summary.json")
+    ft_delta = rows[2]["delta"]["metrics"]["3dpw"]["mpjpe_mm"]["abs"]
+    assert ft_delta == pytest.approx(rows[2]["metrics"]["3dpw"]["mpjpe_mm"] - base["metrics"]["3dpw"]["mpjpe_mm"])
     assert rows[1]["params_total"] < SPIN_PARAMS
     assert rows[1]["delta"]["params_total"]["abs"] == rows[1]["params_total"] - SPIN_PARAMS
 

@@ -20,7 +20,7 @@ from compress.errors import UserError
 from compress.report.columns import COLUMNS, COST_COLUMNS, DATASET_TITLES, RATIOS, get_path, is_number
 from compress.report.costs import choose_memory, interleave_latency, row_costs
 from compress.report.int8 import with_int8_rows
-from compress.runs import (FINETUNED, PRUNED, RUNS_DIR, Lineage, Node, discover_runs, resolve_checkpoint,
+from compress.runs import (FINETUNED, PRUNED, RUNS_DIR, Lineage, Node, discover_runs, eval_dir, resolve_checkpoint,
                            is_trained, metrics_file, parent_ref, read_meta, resolve_run, stage_checkpoints)
 
 log = logging.getLogger(__name__)
@@ -241,26 +241,34 @@ def checkpoint_metrics(path: str | Path) -> dict:
 
 
 def _metrics(path: Path, meta: dict) -> tuple[dict, dict]:
-    """Eval results of a checkpoint: its metadata first, then `metrics/<stem>.json` in its run directory."""
+    """Eval results of a checkpoint: its metadata first, then `metrics/<stem>.json` in its run directory, then the
+    summary `compress eval CKPT` wrote beside it (`eval_<stem>/summary.json`, when newer than the file: how SPIN's
+    checkpoint, which records no metrics, gets its baseline row's)."""
     metrics: dict[str, dict] = {}
     sources: dict[str, str] = {}
     for ds, vals in (meta.get("metrics") or {}).items():
         if isinstance(vals, dict):
             metrics[ds] = dict(vals)
             sources[ds] = "checkpoint"
-    side = metrics_file(path.parent, path.name)
-    if side.is_file():
-        try:
-            data = json.loads(side.read_text())
-        except ValueError:
-            log.warning("ignoring unreadable metrics file %s", side)
-            data = {}
-        data = data.get("metrics", data) if isinstance(data, dict) else {}
-        for ds, vals in data.items():
+    summary = eval_dir(path) / "summary.json"
+    fresh = summary.is_file() and summary.stat().st_mtime >= path.stat().st_mtime
+    for side in [metrics_file(path.parent, path.name)] + ([summary] if fresh else []):
+        for ds, vals in _read_metrics(side).items():
             if ds in EVAL_DATASETS and isinstance(vals, dict) and ds not in metrics:
                 metrics[ds] = dict(vals)
                 sources[ds] = str(side)
     return metrics, sources
+
+
+def _read_metrics(side: Path) -> dict:
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text())
+    except ValueError:
+        log.warning("ignoring unreadable metrics file %s", side)
+        return {}
+    return data.get("metrics", data) if isinstance(data, dict) else {}
 
 
 # ----------------------------------------------------------------------------------------------- deltas
