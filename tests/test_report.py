@@ -62,29 +62,43 @@ def _save(path: Path, *, parent: Path | None, metrics: dict | None, profile: dic
     return path
 
 
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    """baseline -> P1 -> P1+FT(20) -> P2 -> P2+FT(8) in three run directories; runs/latest -> p2."""
+def no_retiming(monkeypatch) -> None:
+    """The report must read every profile from the cache (a call to the profiler fails the test), and sees no CUDA
+    (the same rows on a GPU host)."""
     import compress.profile
 
     def no_timing(*args, **kwargs):
         raise AssertionError("the report re-timed a model whose profile is cached")
 
     monkeypatch.setattr(compress.profile, "profile_checkpoint", no_timing)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same rows on a GPU host (no CUDA column)
-    r = tmp_path / "runs"
-    base = _save(r / "base" / "trained.pt", parent=None, metrics=BASE_METRICS,
-                 profile=_profile(1000, 2_000_000_000, 10.0, 40.0, 200.0))
-    p1 = _save(r / "p1" / "pruned.pt", parent=base, metrics=None,
-               profile=_profile(800, 1_500_000_000, 8.0, 30.0, 150.0))
-    ft1 = _save(r / "p1" / "finetuned.pt", parent=p1, metrics=FT1_METRICS, stage="FT(20)",
-                profile=_profile(800, 1_500_000_000, 12.5, 30.0, 150.0))
-    p2 = _save(r / "p2" / "pruned.pt", parent=ft1, metrics=None, profile=_profile(600, 1_000_000_000, 6.0, 25.0, None))
-    ft2 = _save(r / "p2" / "finetuned.pt", parent=p2, metrics=FT2_METRICS, stage="FT(8)",
-                profile=_profile(600, 1_000_000_000, 6.0, 25.0, None))
-    (r / "p2" / "metrics").mkdir()
-    os.symlink("p2", r / "latest")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def save_chain(r: Path, *, names=("base", "p1", "p2"), params=(1000, 800, 600), p1_metrics=None) -> dict:
+    """baseline -> P1 -> P1+FT(20) -> P2 -> P2+FT(8) in three run directories under `r`, each with a cached profile;
+    runs/latest -> the P2 run."""
+    base_name, p1_name, p2_name = names
+    base = _save(r / base_name / "trained.pt", parent=None, metrics=BASE_METRICS,
+                 profile=_profile(params[0], 2_000_000_000, 10.0, 40.0, 200.0))
+    p1 = _save(r / p1_name / "pruned.pt", parent=base, metrics=p1_metrics,
+               profile=_profile(params[1], 1_500_000_000, 8.0, 30.0, 150.0))
+    ft1 = _save(r / p1_name / "finetuned.pt", parent=p1, metrics=FT1_METRICS, stage="FT(20)",
+                profile=_profile(params[1], 1_500_000_000, 12.5, 30.0, 150.0))
+    p2 = _save(r / p2_name / "pruned.pt", parent=ft1, metrics=None,
+               profile=_profile(params[2], 1_000_000_000, 6.0, 25.0, None))
+    ft2 = _save(r / p2_name / "finetuned.pt", parent=p2, metrics=FT2_METRICS, stage="FT(8)",
+                profile=_profile(params[2], 1_000_000_000, 6.0, 25.0, None))
+    os.symlink(p2_name, r / "latest")
     return {"dir": r, "base": base, "p1": p1, "ft1": ft1, "p2": p2, "ft2": ft2}
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """baseline -> P1 -> P1+FT(20) -> P2 -> P2+FT(8) in three run directories; runs/latest -> p2."""
+    no_retiming(monkeypatch)
+    chain = save_chain(tmp_path / "runs")
+    (chain["dir"] / "p2" / "metrics").mkdir()
+    return chain
 
 
 def test_cpu_and_cuda_profiles_are_cached_apart(runs, monkeypatch):

@@ -2,15 +2,13 @@
 so that every figure stays whole; no cell is cut to "3D…" or "n…", no line is wider than the terminal."""
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 
 import pytest
-import torch
 
 from compress import report
-from test_report import BASE_METRICS, FT1_METRICS, FT2_METRICS, _profile, _save
+from test_report import no_retiming, save_chain
 
 # a pruned model that was evaluated before fine-tuning: the recovery table appears too
 P1_METRICS = {
@@ -27,26 +25,10 @@ FIGURE = re.compile(r"[+−-]?\d[\d,]*\.\d+%?x?")
 @pytest.fixture
 def rows(tmp_path, monkeypatch):
     """baseline -> P1 (evaluated) -> P1+FT(20) -> P2 -> P2+FT(8), in three run directories."""
-    import compress.profile
-
-    def no_timing(*args, **kwargs):
-        raise AssertionError("the report re-timed a model whose profile is cached")
-
-    monkeypatch.setattr(compress.profile, "profile_checkpoint", no_timing)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    r = tmp_path / "runs"
-    base = _save(r / "mbv2_base" / "trained.pt", parent=None, metrics=BASE_METRICS,
-                 profile=_profile(3_131_853, 2_000_000_000, 10.0, 40.0, 200.0))
-    p1 = _save(r / "mbv2_p1" / "pruned.pt", parent=base, metrics=P1_METRICS,
-               profile=_profile(1_800_000, 1_500_000_000, 8.0, 30.0, 150.0))
-    ft1 = _save(r / "mbv2_p1" / "finetuned.pt", parent=p1, metrics=FT1_METRICS, stage="FT(20)",
-                profile=_profile(1_800_000, 1_500_000_000, 12.5, 30.0, 150.0))
-    p2 = _save(r / "mbv2_p2" / "pruned.pt", parent=ft1, metrics=None,
-               profile=_profile(1_200_000, 1_000_000_000, 6.0, 25.0, None))
-    _save(r / "mbv2_p2" / "finetuned.pt", parent=p2, metrics=FT2_METRICS, stage="FT(8)",
-          profile=_profile(1_200_000, 1_000_000_000, 6.0, 25.0, None))
-    os.symlink("mbv2_p2", r / "latest")
-    return report.collect_rows(runs_dir=r)
+    no_retiming(monkeypatch)
+    chain = save_chain(tmp_path / "runs", names=("mbv2_base", "mbv2_p1", "mbv2_p2"),
+                       params=(3_131_853, 1_800_000, 1_200_000), p1_metrics=P1_METRICS)
+    return report.collect_rows(runs_dir=chain["dir"])
 
 
 def _figures(text: str) -> Counter:
