@@ -94,33 +94,33 @@ def _gpu_latency(path: Path, profile: dict | None, *, retime: bool, device: str,
 
 def _onnx_latency(path: Path, profile: dict | None, *, retime: bool, foreign: dict | None = None
                   ) -> tuple[dict | None, str]:
-    """onnxruntime CPU latency of a checkpoint at batch 1 and 32 ({"b1": stats, "b32": stats}), cached beside the
-    checkpoint while the file is unchanged."""
-    cached = None if retime else profiler.read_cache(path, profiler.ONNX_LATENCY_CACHE)
-    if isinstance(cached, dict) and "b1" in cached and "b32" in cached:
-        return cached, ""
-    try:
+    """onnxruntime CPU latency of a checkpoint at batch 1 and 32 ({"b1": stats, "b32": stats}): exported to a
+    temporary file and timed, cached beside the checkpoint while the file is unchanged."""
+    def measure() -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             model, _ = profiler.load_any(str(path), foreign=foreign)
             info = export.export_onnx(model, Path(tmp) / "model.onnx", img_res=(profile or {}).get("img_res"))
-            stats = _time_onnx(info["path"], img_res=info["img_res"])
-    except Exception as exc:
-        log.warning("onnxruntime latency failed for %s: %s", path, exc)
-        return None, f"ONNX export failed ({type(exc).__name__})"
-    profiler.write_cache(path, profiler.ONNX_LATENCY_CACHE, stats)
-    return stats, ""
+            return _time_onnx(info["path"], img_res=info["img_res"])
+
+    return _cached_onnx_latency(path, measure, retime=retime, failed="ONNX export failed")
 
 
 def onnx_file_latency(path: Path, *, img_res: int, retime: bool) -> tuple[dict | None, str]:
     """The same figures for an ONNX file itself (an INT8 model), cached beside it."""
+    return _cached_onnx_latency(path, lambda: _time_onnx(path, img_res=img_res), retime=retime,
+                                failed="ONNX Runtime failed")
+
+
+def _cached_onnx_latency(path: Path, measure, *, retime: bool, failed: str) -> tuple[dict | None, str]:
+    """The cached {"b1", "b32"} figures of `path`, else measure() (stored; a failure becomes the column's note)."""
     cached = None if retime else profiler.read_cache(path, profiler.ONNX_LATENCY_CACHE)
     if isinstance(cached, dict) and "b1" in cached and "b32" in cached:
         return cached, ""
     try:
-        stats = _time_onnx(path, img_res=img_res)
+        stats = measure()
     except Exception as exc:
         log.warning("onnxruntime latency failed for %s: %s", path, exc)
-        return None, f"ONNX Runtime failed ({type(exc).__name__})"
+        return None, f"{failed} ({type(exc).__name__})"
     profiler.write_cache(path, profiler.ONNX_LATENCY_CACHE, stats)
     return stats, ""
 
