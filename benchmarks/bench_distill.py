@@ -11,6 +11,7 @@ ones). The fine-tuning seed alone moves MPJPE by tens of mm on 150-sample sets: 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from compress.train import run_finetune
 METRIC = "mpjpe_mm"
 
 
-def _metrics_3d(metrics: dict) -> dict[str, float]:
-    return {TITLES[k]: v[METRIC] for k, v in metrics.items() if k in TITLES and METRIC in v}
+def _metrics_3d(metrics: dict, metric: str = METRIC) -> dict[str, float]:
+    return {TITLES[k]: v[metric] for k, v in metrics.items() if k in TITLES and metric in v}
 
 
 def finetune_all(run: Path, out: Path, *, epochs: int, seeds: list[int], kd_set: list[str]) -> dict:
@@ -35,13 +36,35 @@ def finetune_all(run: Path, out: Path, *, epochs: int, seeds: list[int], kd_set:
             dest = out / f"{variant}_s{seed}"
             if not (dest / FINETUNED).is_file():
                 run_finetune(run, epochs=epochs, overrides=[f"finetune.seed={seed}", *extra], out_dir=dest)
-            results[(variant, seed)] = _metrics_3d(checkpoint_metrics(dest / FINETUNED))
+            results[(variant, seed)] = checkpoint_metrics(dest / FINETUNED)
     return results
 
 
-def report(results: dict, base: dict[str, float], pruned: dict[str, float], seeds: list[int]) -> None:
+def noise_band(results: dict, variant: str, seeds: list[int], stage: str) -> dict:
+    """The spread over seeds of every metric of one variant (sample sd, n - 1), and both variants' means: what
+    `compress report` marks deltas against (a baseline card's `noise`)."""
+    import statistics
+
+    runs = {v: [results[(v, s)] for s in seeds] for v in ("kd", "none")}
+    first = runs[variant][0]
+    sd = {ds: {k: statistics.stdev([r[ds][k] for r in runs[variant]]) for k, x in m.items()
+               if isinstance(x, float) and not k.startswith("n")} for ds, m in first.items()}
+    mean = {v: {ds: {k: statistics.fmean([r[ds][k] for r in rs]) for k in sd[ds]} for ds in sd} for v, rs in runs.items()}
+    return {"stage": stage, "n": len(seeds), "seeds": seeds, "sd": sd, "mean": mean}
+
+
+def write_band(card: Path, band: dict) -> None:
+    from compress.io import atomic_write_json
+
+    data = json.loads(card.read_text()) if card.is_file() else {}
+    atomic_write_json(card, {**data, "noise": band})
+
+
+def report(full: dict, base: dict[str, float], pruned: dict[str, float], seeds: list[int],
+           metric: str = METRIC) -> None:
+    results = {k: _metrics_3d(v, metric) for k, v in full.items()}
     titles = [t for t in base if t in pruned]
-    print("MPJPE (mm) | " + " | ".join(titles) + " | pooled recovery")
+    print(f"{metric} | " + " | ".join(titles) + " | pooled recovery")
     print("baseline   | " + " | ".join(f"{base[t]:.1f}" for t in titles) + " |")
     print("pruned     | " + " | ".join(f"{pruned[t]:.1f}" for t in titles) + " |")
     for variant in ("kd", "none"):
@@ -71,17 +94,28 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--kd-set", action="append", default=[], help="extra --set for the distilled runs")
     p.add_argument("--out", default="runs/bench_distill")
+    p.add_argument("--card", default=None, help="write the spread over seeds into this JSON card's `noise` "
+                                                "(e.g. checkpoints/mbv2_reference.json)")
+    p.add_argument("--band", choices=("kd", "none"), default="kd", help="the variant whose spread is the band")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     run = Path(args.run)
     baseline = Path(args.baseline or read_meta(run / PRUNED).get("parent") or "")
     if not baseline.is_file():
         raise UserError(f"baseline checkpoint not found ({baseline}): pass --baseline")
-    base, pruned = _metrics_3d(checkpoint_metrics(baseline)), _metrics_3d(checkpoint_metrics(run / PRUNED))
-    if not base or not pruned:
-        raise UserError("the baseline and pruned.pt need recorded metrics (run `compress prune --eval`)")
     results = finetune_all(run, Path(args.out), epochs=args.epochs, seeds=args.seeds, kd_set=args.kd_set)
-    report(results, base, pruned, args.seeds)
+    for metric in (METRIC, "pa_mpjpe_mm"):
+        base, pruned = (_metrics_3d(checkpoint_metrics(c), metric) for c in (baseline, run / PRUNED))
+        if not base or not pruned:
+            raise UserError("the baseline and pruned.pt need recorded metrics (run `compress prune --eval`)")
+        report(results, base, pruned, args.seeds, metric)
+    stage = f"{run.name}: FT({args.epochs})" + ("+KD" if args.band == "kd" else "")
+    band = noise_band(results, args.band, args.seeds, stage)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "noise.json").write_text(json.dumps(band, indent=2))
+    if args.card:
+        write_band(Path(args.card), band)
+        print(f"noise band ({stage}, {len(args.seeds)} seeds) written into {args.card}")
     return 0
 
 

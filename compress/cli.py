@@ -15,7 +15,7 @@ from typing import Callable
 from compress.devices import AUTO, DEVICE_HELP, resolve_device
 from compress.errors import UserError
 from compress.io import json_text
-from compress.recipe import DEFAULT_DATA_ROOT, data_root
+from compress.recipe import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, data_root
 
 log = logging.getLogger("compress")
 
@@ -145,6 +145,7 @@ def cmd_eval(args) -> int:
         raise UserError("compress eval needs a checkpoint or --reference rest|mean (not both)")
     device = resolve_device(args.device)
     root = data_root(args.data)
+    _ensure_root(root, args)
     common = dict(datasets=args.datasets.split(","), strict=args.datasets != EVAL_KEYS, subset=args.subset,
                   batch_size=args.batch_size)
     with _progress() as bar:
@@ -185,7 +186,25 @@ def load_recipe_args(args):
     """Load a recipe with `--set` overrides; data.root by compress.recipe.data_root (--data first)."""
     from compress.recipe import load_recipe
 
-    return load_recipe(args.recipe, overrides=list(args.set), root=args.data)
+    recipe = load_recipe(args.recipe, overrides=list(args.set), root=args.data)
+    _ensure_root(recipe.data.root, args)
+    return recipe
+
+
+def _ensure_root(root: str, args) -> None:
+    """The default synthetic root is generated on first use (with a progress bar); a root named explicitly (--data,
+    --set data.root=, $COMPRESS_DATA_ROOT) that is missing stays an error of the command that reads it."""
+    from compress.data.synthetic import default_root_missing, generate_root
+
+    explicit = getattr(args, "data", None) or os.environ.get(DATA_ROOT_ENV) or any(
+        o.startswith("data.root=") for o in getattr(args, "set", []) or [])
+    if explicit or not default_root_missing(root):
+        return
+    _console(stderr=True).print(f"{root} is missing: generating the default synthetic data root (about 2 minutes)")
+    with _progress() as bar:
+        task = bar.add_task(f"synthesize {root}", total=None)
+        generate_root(root, size="default", seed=0,
+                      progress=lambda _stem, done, total: bar.update(task, completed=done, total=total))
 
 
 def _train_progress(bar, label: str):
@@ -215,9 +234,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    recipe = load_recipe_args(args)
     from compress.prune.run import run_prune
+    from compress.shipped import load_prune_recipe
 
+    recipe, start = load_prune_recipe(args.recipe, list(args.set), root=args.data)
+    _ensure_root(recipe.data.root, args)
     run = run_prune(recipe, out_dir=args.out)
     metrics = None
     if args.eval:
@@ -226,9 +247,12 @@ def cmd_prune(args) -> int:
         with _progress() as bar:
             metrics = evaluate_into_run(run.checkpoint, recipe, progress=_eval_progress(bar))
     if args.json:
-        _print_json({**run.to_json(), **({"metrics": metrics} if args.eval else {})})
+        _print_json({**run.to_json(), **({"metrics": metrics} if args.eval else {}),
+                     **({"start": start.note()} if start else {})})
     else:
         _print_prune_summary(run)
+        if start is not None:
+            _console().print(f"[yellow]note:[/] {start.note()}")
         if metrics:
             from compress.eval.protocols import format_results_table
 
@@ -401,7 +425,7 @@ def cmd_demo(args) -> int:
 
     with _progress() as bar:
         result = run_demo(quick=args.quick, force=args.force, out=args.out, data=args.data,
-                          progress=lambda label: _train_progress(bar, label))
+                          from_scratch=args.from_scratch, progress=lambda label: _train_progress(bar, label))
     from compress.report import print_table
 
     print_table(result["rows"], console=_console())
@@ -572,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic benchmark (CPU-sized; resumable)")
     p.add_argument("--quick", action="store_true", help="toy size: about two minutes")
     p.add_argument("--force", action="store_true", help="start over instead of resuming")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the baseline again with the shipped model's command (about 75 min on 2 CPU cores) "
+                        "instead of starting from checkpoints/mbv2_reference.pt")
     p.add_argument("--out", default="runs/demo", help="where the demo's runs go (default: %(default)s)")
     p.add_argument("--data", default=None, help="synthetic root to use/create (default: data/synthetic[-small])")
     p.set_defaults(func=cmd_demo)

@@ -121,6 +121,8 @@ Importance = Literal["l1", "l2", "bn_scale", "taylor", "lamp", "fpgm", "random"]
 @dataclass(frozen=True)
 class PruneSpec:
     from_: str = opt("", "checkpoint path or run dir to prune (empty: model.checkpoint or a fresh model)")
+    fallback: str = opt("", "checkpoint pruned when `from` does not exist (the MobileNetV2 recipes: the shipped "
+                            "reference model), with the settings of its card (checkpoints/*.json)")
     importance: Importance = opt("l2", "channel importance criterion")
     ratio: float = opt(0.2, "fraction of channels removed (ignored when `target` is given)", ge=0, lt=1)
     target: Optional[PruneTarget] = opt(None, "prune to a budget (params, MACs or latency) instead of a ratio")
@@ -176,6 +178,8 @@ class TrainSpec:
     compile: bool = opt(False, "torch.compile the model")
     log_every: int = opt(20, "log every N steps", ge=1)
     checkpoint_every_epoch: bool = opt(True, "write an epoch checkpoint (for resuming) after every epoch")
+    snapshot_every: int = opt(0, "also keep the model every N epochs as snapshots/epoch_<N>.pt, for learning "
+                                 "curves (0: off)", ge=0)
     kp2d: float = opt(5.0, "2D keypoint loss weight", ge=0)
     kp3d: float = opt(5.0, "3D keypoint loss weight", ge=0)
     pose: float = opt(1.0, "SMPL pose (rotmat MSE) loss weight", ge=0)

@@ -26,6 +26,7 @@ STAGES = (TRAINED, PRUNED, FINETUNED)  # lineage order: a baseline, its pruned m
 NEWEST_FIRST = (FINETUNED, PRUNED, TRAINED)  # what a run directory stands for: its newest stage
 PRUNE_START = (FINETUNED, TRAINED, PRUNED)  # what a run directory offers to prune: unpruned-or-finetuned weights first
 LAST = "last.pt"  # resume state of an interrupted train/finetune
+SNAPSHOTS = "snapshots"  # train.snapshot_every: the model of every N-th epoch, for learning curves
 LOG_FILE = "log.jsonl"
 RECIPE_FILE = "recipe.yaml"
 METRICS_DIR = "metrics"

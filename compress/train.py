@@ -45,7 +45,7 @@ from compress.models import regressor_parameters
 from compress.losses import (LossWeights, batch_targets, check_finite, compute_losses, distill_losses, loss_values,
                              loss_weights, spin_batch_terms)
 from compress.recipe import Recipe, TrainSpec, save_recipe
-from compress.runs import (FINETUNED, LAST, LOG_FILE, PRUNED, RECIPE_FILE, RUNS_DIR, TRAINED, Lineage,
+from compress.runs import (FINETUNED, LAST, LOG_FILE, SNAPSHOTS, PRUNED, RECIPE_FILE, RUNS_DIR, TRAINED, Lineage,
                            load_run_recipe, metrics_file, resolve_ref)
 from compress.smpl import training_smpl
 from compress.start import initial_model, load_named
@@ -227,6 +227,7 @@ class FitOptions:
     checkpoint_every_epoch: bool = True
     phase: str = "train"  # "train" or "finetune": what last.pt belongs to
     stage: str = ""
+    on_epoch: Callable[[TrainState], None] | None = None  # rank 0, after the epoch checkpoint
 
 
 def fit(state: TrainState, make_loader: Callable[[int], Iterable[dict]], opts: FitOptions, *,
@@ -270,6 +271,8 @@ def fit(state: TrainState, make_loader: Callable[[int], Iterable[dict]], opts: F
             if opts.checkpoint_every_epoch:
                 save_train_state(state, run_dir / LAST, phase=opts.phase, stage=opts.stage, seed=opts.seed,
                                  epochs=opts.epochs)
+        if main and opts.on_epoch is not None:
+            opts.on_epoch(state)
     summary = {**{k: v for k, v in last.items() if k not in ("time_s", "steps")},
                "epochs": state.epoch, "steps": state.step, "time_s": time.perf_counter() - t_start}
     if state.device.type == "cuda":
@@ -509,7 +512,8 @@ def _run_in_group(info: DistInfo, recipe: Recipe, spec: TrainSpec, model: nn.Mod
                                  seed=spec.seed, info=info, pin_memory=device.type == "cuda", section=phase)
     opts = FitOptions(epochs=epochs, steps_per_epoch=spec.steps_per_epoch, seed=spec.seed,
                       log_every=spec.log_every, run_dir=run_dir, phase=phase, stage=stage,
-                      checkpoint_every_epoch=spec.checkpoint_every_epoch)
+                      checkpoint_every_epoch=spec.checkpoint_every_epoch,
+                      on_epoch=snapshotter(recipe, spec, run_dir=run_dir, stage=stage, parent=parent))
     summary = fit(state, make_loader, opts, progress=progress)
     set_sync_batchnorm(state.model, False)
     result: dict = {"run": str(run_dir), "stage": stage, **summary, "distill": state.teacher is not None}
@@ -519,6 +523,23 @@ def _run_in_group(info: DistInfo, recipe: Recipe, spec: TrainSpec, model: nn.Mod
                               distill=state.teacher is not None))
     barrier(info)
     return result
+
+
+def snapshotter(recipe: Recipe, spec: TrainSpec, *, run_dir: Path, stage: str,
+                parent: str | dict | None) -> Callable[[TrainState], None] | None:
+    """With train.snapshot_every N: keep the model of every N-th epoch as snapshots/epoch_<N>.pt (a learning curve's
+    points; `compress eval` reads them like any checkpoint)."""
+    every = spec.snapshot_every
+    if not every:
+        return None
+
+    def save(state: TrainState) -> None:
+        if state.epoch % every == 0:
+            path = run_dir / SNAPSHOTS / f"epoch_{state.epoch:04d}.pt"
+            save_checkpoint(state.model, path, parent=parent, recipe=recipe, stage=f"{stage}@{state.step}",
+                            epochs=state.epoch, steps=state.step)
+
+    return save
 
 
 def train_device(info: DistInfo, requested: str | None) -> torch.device:

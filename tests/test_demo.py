@@ -26,6 +26,12 @@ def test_demo_pipeline_shrinks_and_evaluates_every_stage(demo):
     # P1 is fine-tuned twice from the same pruned model: with the teacher and, for comparison, without
     assert {(r["stage"], r["run"]) for r in rows if r["stage"].startswith("P1+")} == {
         ("P1+FT(2)+KD", "mbv2_p1"), ("P1+FT(2)", "mbv2_p1_nokd")}
+    assert {(r["stage"], r["run"]) for r in rows if r["stage"].startswith("P2+FT")} >= {
+        ("P2+FT(1)+KD", "mbv2_p2"), ("P2+FT(1)", "mbv2_p2_nokd")}
+    # the baseline is the shipped model, scored on the demo's root; P1 by another criterion, right after pruning
+    assert rows[0]["checkpoint"].endswith("mbv2_reference/trained.pt") and rows[0]["metrics"]["3dpw"]["n"] == 4
+    l1 = next(r for r in rows if r["run"] == "mbv2_p1_l1")
+    assert l1["stage"] == "P1" and l1["params_total"] < rows[0]["params_total"] and l1["metrics"]["3dpw"]["n"] == 4
     base, p1, p2 = _row(rows, "baseline"), _row(rows, "P1"), _row(rows, "P2")
     assert p2["params_total"] < p1["params_total"] < 0.8 * base["params_total"]  # 20% channels -> >20% params
     assert p2["macs"] < p1["macs"] < 0.8 * base["macs"]
@@ -45,7 +51,7 @@ def test_demo_pipeline_shrinks_and_evaluates_every_stage(demo):
 
 def test_demo_rerun_skips_finished_stages(demo):
     work, _ = demo
-    trained = work / "runs" / "quick" / "mbv2_baseline" / "trained.pt"
+    trained = work / "runs" / "quick" / "mbv2_p1_nokd" / "finetuned.pt"
     before = trained.stat().st_mtime_ns
     assert main(["demo", "--quick", "--out", str(work / "runs"), "--data", str(work / "data")]) == 0
     assert trained.stat().st_mtime_ns == before

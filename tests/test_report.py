@@ -518,3 +518,18 @@ def test_print_table_on_a_console(runs):
     report.print_table(collect_rows(runs_dir=runs["dir"]), console=console)
     text = console.export_text()
     assert "P2+FT(8)" in text and "−10.0 (−10.0%)" in text and "not evaluated" in text
+
+
+def test_deltas_within_the_baselines_noise_band_are_marked_not_coloured(runs):
+    # FT(20) vs baseline: 3DPW MPJPE -10 mm, PA +6 mm; MPI-INF-3DHP MPJPE +11 mm. Band: sd 4 mm (2 sd = 8 mm).
+    noise = {"stage": "P1+FT(20)+KD", "n": 3, "sd": {"3dpw": {"mpjpe_mm": 4.0, "pa_mpjpe_mm": 4.0},
+                                                      "mpi-inf-3dhp": {"mpjpe_mm": 4.0}}}
+    runs["base"].with_suffix(".json").write_text(json.dumps({"noise": noise}))
+    rows = collect_rows(runs=None, runs_dir=runs["dir"])
+    ft = next(r for r in rows if r["stage"] == "P1+FT(20)")
+    d = ft["delta"]["metrics"]
+    assert d["3dpw"]["pa_mpjpe_mm"]["within_noise"] and d["3dpw"]["pa_mpjpe_mm"]["better"] is None
+    assert "within_noise" not in d["3dpw"]["mpjpe_mm"] and d["3dpw"]["mpjpe_mm"]["better"] is True  # -10 > 8
+    assert "within_noise" not in d["mpi-inf-3dhp"]["mpjpe_mm"]  # +11 mm: beyond the band
+    assert "within_noise" not in d["h36m-p1"]["pa_mpjpe_mm"]  # no band for this metric: not judged
+    assert "within the noise: below 2 sd of the metric over 3 fine-tuning seeds" in render_markdown(rows)

@@ -1,6 +1,7 @@
 """The training loop: sync-BN switch, RNG round trip, fit/log/checkpoint, exact resume, non-finite stop."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -265,6 +266,18 @@ def test_run_train_writes_a_complete_run(root, tmp_path):
     assert saved["stage"] == "trained" and saved["metrics"] == result["metrics"]
     steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r["kind"] == "step"] == [1, 2, 3, 4]
+
+
+def test_snapshot_every_keeps_the_model_of_every_nth_epoch(root, tmp_path):
+    recipe = _recipe(root, epochs=3, steps=1, eval_sets=("3dpw",))
+    spec = dataclasses.replace(recipe.train, snapshot_every=2)
+    run_train(dataclasses.replace(recipe, train=spec), out_dir=tmp_path / "run")
+    snaps = sorted((tmp_path / "run" / "snapshots").glob("*.pt"))
+    assert [p.name for p in snaps] == ["epoch_0002.pt"]  # epochs 1 and 3 are not multiples of 2
+    model, meta = load_checkpoint(snaps[0])
+    assert meta["steps"] == 2 and meta["epochs"] == 2 and meta["stage"] == "trained@2"
+    final, _ = load_checkpoint(tmp_path / "run" / "trained.pt")
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), final.state_dict().values()))
 
 
 KILL_SCRIPT = textwrap.dedent('''

@@ -51,6 +51,7 @@ from compress.data import body as body_mod
 from compress.data.scene import Renderer, backgrounds
 from compress.errors import UserError
 from compress.geometry import rotmat_to_axis_angle
+from compress.recipe import DEFAULT_DATA_ROOT
 from compress.smpl import SMPL
 
 log = logging.getLogger(__name__)
@@ -532,6 +533,20 @@ def total_samples(size: str) -> int:
     """Number of rendered images of a root of this size (H36M eval frames are seen by four cameras)."""
     counts = SIZES[size]
     return sum(counts.values()) + 3 * counts["h36m_valid"]
+
+
+def default_root_missing(root: str | Path) -> bool:
+    """True when `root` is the default data root (recipe.DEFAULT_DATA_ROOT) and holds no complete synthetic root
+    that generate_root wrote (absent, empty, or interrupted): the commands then generate it on first use."""
+    root = Path(root)
+    if root.resolve() != Path(DEFAULT_DATA_ROOT).resolve():
+        return False
+    if not root.exists() or not any(root.iterdir()):
+        return True
+    try:
+        return not json.loads((root / MANIFEST).read_text()).get("complete", False)
+    except (OSError, json.JSONDecodeError):
+        return False  # not ours (e.g. a real root placed there): never regenerated over
 
 
 def generate_root(out: str | Path, *, size: str = "default", seed: int = 0, img_size: int | None = None,

@@ -19,6 +19,7 @@ from rich.text import Text
 from compress.constants import EVAL_DATASETS
 from compress.io import json_text
 from compress.report.columns import COLUMNS, EXTRA_CSV_COLUMNS, RATIOS, Column, get_path, is_number
+from compress.report.noise import noise_reason
 from compress.report.recovery import CAPTION as RECOVERY_CAPTION
 from compress.report.recovery import recovery_rows, recovery_table, render_recovery_markdown
 
@@ -90,6 +91,8 @@ def _cell(row: dict, col: Column, notes: _Footnotes, *, on_header: frozenset = f
     delta = _fmt_delta(d, col)
     if d.get("compares") == "estimates":
         delta += notes.mark("delta of the two estimates: one side has no measured peak")
+    if d.get("within_noise"):
+        delta += notes.mark(noise_reason(row["noise"]))
     return _Cell(_fmt(value, col) + mark, delta, d["better"])
 
 

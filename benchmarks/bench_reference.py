@@ -1,0 +1,216 @@
+"""The reference model's study: learning curves of training runs, and shipping the chosen run as
+checkpoints/mbv2_reference.pt with its card.
+
+    # 1. train a candidate, keeping the model every 20 epochs (the shipped model's command: TRAIN_SETTINGS)
+    compress train recipes/mbv2_baseline.yaml --out runs/reference_mbv2 $(python benchmarks/bench_reference.py \\
+        settings) --set train.snapshot_every=20
+    # 2. its learning curve: every snapshot scored on the 3D sets -> benchmarks/reference/<label>.json and .png
+    python benchmarks/bench_reference.py curve runs/reference_mbv2 --label b32_cosine_7560
+    # 3. ship the run's final model: fp16 weights, re-scored as shipped, card (.json, .md) with its sha256
+    python benchmarks/bench_reference.py ship runs/reference_mbv2 --label b32_cosine_7560
+
+Snapshots are `snapshots/epoch_*.pt` (train.snapshot_every) or copies of the run's `last.pt` epoch state.
+Curves compare PA-MPJPE with the constant mean pose's (`compress eval --reference mean`) and MPJPE with the
+untrained model's, the goals of issue 15 (at most 0.75x and 0.6x).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from compress.checkpoint import load_checkpoint
+from compress.eval.protocols import evaluate
+from compress.eval.reference import reference_model
+from compress.models import create_model
+from compress.shipped import REFERENCE, card_path, read_card, save_half, write_card
+
+OUT = Path(__file__).resolve().parent / "reference"
+SETS = ["3dpw", "h36m-p1", "mpi-inf-3dhp"]
+ROOT = "data/synthetic"
+IMG_RES = 64
+# The shipped model's training command (with `compress train recipes/mbv2_baseline.yaml --data data/synthetic`).
+TRAIN_SETTINGS = ["model.img_res=64", "train.batch_size=32", "train.epochs=300", "train.lr=5e-4",
+                  "train.encoder_lr=5e-4", "train.warmup_steps=100", "train.lr_schedule=cosine", "train.pose=10",
+                  "train.betas=0.1", "train.grad_clip=1.0"]
+# What a run starting from the shipped model takes (shipped.load_prune_recipe; the demo too): its resolution,
+# the loss weights it was trained with, fine-tuning rates and batch, and distillation weights matched to them.
+SETTINGS = ["model.img_res=64", "finetune.batch_size=32", "finetune.lr=1e-4", "finetune.encoder_lr=1e-3",
+            "finetune.warmup_steps=100", "finetune.pose=10", "finetune.betas=0.1", "finetune.grad_clip=1.0",
+            "finetune.distill.rotmat=10", "finetune.distill.joints=5"]
+
+
+def snapshot_model(path: Path) -> tuple[torch.nn.Module, int]:
+    """(model, step) of a snapshot checkpoint or a copy of a run's last.pt epoch state."""
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    if "format_version" in raw:
+        model, meta = load_checkpoint(path)
+        return model, int(meta.get("steps") or 0)
+    model = create_model("hmr_mobilenet_v2", img_res=IMG_RES)
+    model.load_state_dict(raw["state_dict"])
+    return model.eval(), int(raw["step"])
+
+
+def score(model: torch.nn.Module, sets: list[str] = SETS) -> dict:
+    return evaluate(model.eval(), ROOT, datasets=sets, img_res=IMG_RES, workers=0)
+
+
+def references() -> dict:
+    """Mean pose and untrained model on the same sets (cached in OUT/references.json)."""
+    path = OUT / "references.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    torch.manual_seed(0)
+    untrained = create_model("hmr_mobilenet_v2", img_res=IMG_RES, mean_params=f"{ROOT}/smpl_mean_params.npz")
+    refs = {"mean_pose": score(reference_model("mean", ROOT, img_res=IMG_RES)), "untrained": score(untrained)}
+    OUT.mkdir(exist_ok=True)
+    path.write_text(json.dumps(refs, indent=2))
+    return refs
+
+
+def ratios(metrics: dict, refs: dict) -> dict:
+    return {ds: {"pa_vs_mean_pose": metrics[ds]["pa_mpjpe_mm"] / refs["mean_pose"][ds]["pa_mpjpe_mm"],
+                 "mpjpe_vs_untrained": metrics[ds]["mpjpe_mm"] / refs["untrained"][ds]["mpjpe_mm"]} for ds in SETS}
+
+
+def cmd_curve(args) -> None:
+    run = Path(args.run)
+    refs = references()
+    points = []
+    for snap in sorted((run / "snapshots").glob("epoch_*.pt")):
+        model, step = snapshot_model(snap)
+        m = score(model)
+        points.append({"step": step, "file": snap.name, "metrics": m, "ratios": ratios(m, refs)})
+        print(f"step {step:>6}: PA-MPJPE " + " / ".join(f"{m[d]['pa_mpjpe_mm']:.1f}" for d in SETS) +
+              "  (x mean pose " + " / ".join(f"{points[-1]['ratios'][d]['pa_vs_mean_pose']:.2f}" for d in SETS) + ")",
+              flush=True)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"epoch"' in line]
+    curve = {"label": args.label, "run": str(run), "command": _command(run), "sets": SETS, "references": refs,
+             "points": points, "wall_s": sum(r.get("time_s", 0) for r in log if r.get("kind") == "epoch")}
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{args.label}.json").write_text(json.dumps(curve, indent=2))
+    plot_curves(sorted(OUT.glob("*.json")))
+
+
+def _command(run: Path) -> str:
+    recipe = run / "recipe.yaml"
+    return f"compress train recipes/mbv2_baseline.yaml (stored: {recipe})" if recipe.is_file() else ""
+
+
+def plot_curves(files: list[Path]) -> Path:
+    """PA-MPJPE / mean pose against steps, one line per curve and set."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for f in files:
+        curve = json.loads(f.read_text())
+        if "points" not in curve:
+            continue
+        for ds, style in zip(SETS, ("-", "--", ":")):
+            ax.plot([p["step"] for p in curve["points"]], [p["ratios"][ds]["pa_vs_mean_pose"] for p in curve["points"]],
+                    style, marker=".", label=f"{curve['label']} {ds}")
+    ax.axhline(0.75, color="grey", lw=0.8)
+    ax.set_xlabel("optimizer steps (batch 32)")
+    ax.set_ylabel("PA-MPJPE / mean pose's")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = OUT / "curves.png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def cmd_ship(args) -> None:
+    run = Path(args.run)
+    src = run / "trained.pt"
+    meta = json.loads((run / "metrics" / "trained.json").read_text())
+    t0 = time.time()
+    save_half(src, REFERENCE)
+    model, _ = load_checkpoint(REFERENCE)
+    metrics = evaluate(model, ROOT, img_res=IMG_RES, workers=0)  # the whole suite, as shipped (fp16 -> fp32)
+    save_half(src, REFERENCE, metrics=metrics, stage="trained")
+    refs = references()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if r.get("kind") == "epoch"]
+    synth = json.loads((Path(ROOT) / "synthetic.json").read_text())
+    old = read_card(REFERENCE) or {}
+    card = {
+        "model": "hmr_mobilenet_v2", "img_res": IMG_RES, "weights": "fp16 (loaded as fp32)",
+        "command": "compress train recipes/mbv2_baseline.yaml --data data/synthetic " +
+                   " ".join(f"--set {s}" for s in TRAIN_SETTINGS),
+        "train_settings": TRAIN_SETTINGS, "settings": SETTINGS, "seed": 0, "history": args.history,
+        "steps": epochs[-1]["step"], "epochs": epochs[-1]["epoch"],
+        "wall_s": round(sum(r.get("time_s", 0) for r in epochs)),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "data_root": {"path": ROOT, "size": synth["size"], "seed": synth["seed"],
+                      "train_images": sum(v for k, v in synth["files"].items() if k.endswith("_train"))},
+        "metrics": metrics, "metrics_fp32": meta["metrics"], "references": refs, "ratios": ratios(metrics, refs),
+        "curve": args.label, "noise": old.get("noise"),
+    }
+    write_model_card(write_card(REFERENCE, card))
+    print(f"shipped {REFERENCE} ({REFERENCE.stat().st_size / 1e6:.1f} MB) in {time.time() - t0:.0f} s")
+
+
+def write_model_card(card: dict) -> Path:
+    """checkpoints/mbv2_reference.md from the JSON card."""
+    rows = "\n".join(
+        f"| {ds} | {m.get('mpjpe_mm', float('nan')):.1f} | {m.get('pa_mpjpe_mm', float('nan')):.1f} | "
+        f"{card['references']['mean_pose'][ds]['pa_mpjpe_mm']:.1f} | {card['ratios'][ds]['pa_vs_mean_pose']:.2f} | "
+        f"{card['references']['untrained'][ds]['mpjpe_mm']:.1f} | {card['ratios'][ds]['mpjpe_vs_untrained']:.2f} |"
+        for ds, m in card["metrics"].items() if ds in SETS)
+    lsp = card["metrics"].get("lsp", {})
+    text = f"""# mbv2_reference: HMR-MobileNetV2 trained on the synthetic benchmark
+
+The model every pruning run here starts from unless it has its own baseline (`prune.fallback` of the MobileNetV2
+recipes, `compress demo`). Written by `python benchmarks/bench_reference.py ship`; the JSON card beside it is the
+machine-readable version (a test checks the file's sha256 against it).
+
+- file: `{card['file']}`, {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`
+- weights: {card['weights']}; model `{card['model']}`, input {card['img_res']} px
+- made by: `{card['command']}` (seed {card['seed']}){'; ' + card['history'] if card.get('history') else ''}
+- {card['steps']:,} optimizer steps ({card['epochs']} epochs of the mixed set), {card['wall_s'] / 60:.0f} min on
+  {card['machine']}
+- data: `{card['data_root']['path']}` ({card['data_root']['size']} synthetic root, seed {card['data_root']['seed']},
+  {card['data_root']['train_images']:,} training images); learning curve: `benchmarks/reference/{card['curve']}.json`
+- runs starting from it take: `{' '.join(card['settings'])}`
+
+| set | MPJPE mm | PA-MPJPE mm | mean pose PA | PA / mean pose | untrained MPJPE | MPJPE / untrained |
+|---|---:|---:|---:|---:|---:|---:|
+{rows}
+
+LSP: FG/BG accuracy {lsp.get('fb_acc', float('nan')):.2f}%, F1 {lsp.get('fb_f1', float('nan')):.3f}; parts
+accuracy {lsp.get('parts_acc', float('nan')):.2f}%, F1 {lsp.get('parts_f1', float('nan')):.3f}. Metrics of the
+file as shipped (fp16 weights restored to fp32), all samples of each evaluation set.
+"""
+    out = card_path(REFERENCE).with_suffix(".md")
+    out.write_text(text)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("curve", help="score a run's snapshots")
+    c.add_argument("run")
+    c.add_argument("--label", required=True)
+    c.set_defaults(func=cmd_curve)
+    s = sub.add_parser("ship", help="write checkpoints/mbv2_reference.pt and its card")
+    s.add_argument("run")
+    s.add_argument("--label", required=True, help="the run's curve (benchmarks/reference/<label>.json)")
+    s.add_argument("--history", default="", help="how the run deviated from its command, if it did")
+    s.set_defaults(func=cmd_ship)
+    sub.add_parser("settings", help="print the shipped model's training command as --set flags").set_defaults(
+        func=lambda a: print(" ".join(f"--set {x}" for x in TRAIN_SETTINGS)))
+    args = p.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
