@@ -533,3 +533,19 @@ def test_deltas_within_the_baselines_noise_band_are_marked_not_coloured(runs):
     assert "within_noise" not in d["mpi-inf-3dhp"]["mpjpe_mm"]  # +11 mm: beyond the band
     assert "within_noise" not in d["h36m-p1"]["pa_mpjpe_mm"]  # no band for this metric: not judged
     assert "within the noise: below 2 sd of the metric over 3 fine-tuning seeds" in render_markdown(rows)
+
+
+def test_kd_table_pairs_the_same_stage_from_the_same_pruned_model():
+    from compress.report.noise import kd_table
+
+    def row(stage, parent, pa, noise=None):
+        return {"stage": stage, "parent": parent, "noise": noise,
+                "metrics": {"3dpw": {"pa_mpjpe_mm": pa}, "h36m-p1": {"pa_mpjpe_mm": pa + 10}}}
+
+    band = {"sd": {"3dpw": {"pa_mpjpe_mm": 1.0}, "h36m-p1": {"pa_mpjpe_mm": 5.0}}}
+    rows = [row("P1+FT(20)+KD", "p1/pruned.pt", 70.0, band), row("P1+FT(20)", "p1/pruned.pt", 74.0),
+            row("P2+FT(8)+KD", "p2/pruned.pt", 80.0), row("P2+FT(8)", "elsewhere/pruned.pt", 70.0)]
+    head, body = kd_table(rows)
+    assert head == ["stage", "3DPW", "MPI-INF", "H36M-P1", "H36M-P2", "mean"]
+    # -4 mm on both sets: beyond 2 sd (2 mm) on 3DPW, within it (10 mm) on H36M-P1; P2 has no pair
+    assert body == [["P1+FT(20)+KD vs P1+FT(20)", "−4.0", "-", "−4.0 ≈", "-", "−4.0"]]

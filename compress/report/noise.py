@@ -26,3 +26,45 @@ def band_of(baseline: str | None) -> dict | None:
 def noise_reason(band: dict) -> str:
     return (f"within the noise: below {NOISE_K:g} sd of the metric over {band.get('n', '?')} fine-tuning seeds "
             f"({band.get('stage', '?')}, from the baseline's card)")
+
+
+# ----------------------------------------------------------------------------------------------- KD vs none
+
+KD_CAPTION = ("Distillation against none at the same N: fine-tuned with the teacher minus without, in mm "
+              "(negative: the teacher helped); ≈: within the noise band (below 2 sd over seeds)")
+SETS_3D = (("3dpw", "3DPW"), ("mpi-inf-3dhp", "MPI-INF"), ("h36m-p1", "H36M-P1"), ("h36m-p2", "H36M-P2"))
+
+
+def kd_pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(with teacher, without) row pairs: the same stage at the same N, fine-tuned from the same pruned model."""
+    plain = {(r.get("parent"), r["stage"]): r for r in rows}
+    return [(r, plain[(r.get("parent"), r["stage"][:-3])]) for r in rows
+            if r["stage"].endswith("+KD") and (r.get("parent"), r["stage"][:-3]) in plain]
+
+
+def kd_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and body: stage, then PA-MPJPE difference (KD - none) per 3D set and their mean."""
+    head, body = ["stage", *(t for _, t in SETS_3D), "mean"], []
+    for kd, none in kd_pairs(rows):
+        sd = ((kd.get("noise") or {}).get("sd") or {})
+        cells, diffs = [], []
+        for key, _ in SETS_3D:
+            a, b = (((r.get("metrics") or {}).get(key) or {}).get("pa_mpjpe_mm") for r in (kd, none))
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+                cells.append("-")
+                continue
+            diffs.append(a - b)
+            spread = (sd.get(key) or {}).get("pa_mpjpe_mm")
+            mark = " ≈" if spread is not None and abs(a - b) < NOISE_K * spread else ""
+            cells.append(f"{a - b:+.1f}{mark}".replace("-", "−"))
+        mean = f"{sum(diffs) / len(diffs):+.1f}".replace("-", "−") if diffs else "-"
+        body.append([f"{kd['stage']} vs {none['stage']}", *cells, mean])
+    return head, body
+
+
+def render_kd_markdown(rows: list[dict]) -> str:
+    head, body = kd_table(rows)
+    if not body:
+        return ""
+    lines = [f"{KD_CAPTION} (PA-MPJPE):", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in body]) + "\n"

@@ -19,7 +19,7 @@ from rich.text import Text
 from compress.constants import EVAL_DATASETS
 from compress.io import json_text
 from compress.report.columns import COLUMNS, EXTRA_CSV_COLUMNS, RATIOS, Column, get_path, is_number
-from compress.report.noise import noise_reason
+from compress.report.noise import KD_CAPTION, kd_table, noise_reason, render_kd_markdown
 from compress.report.recovery import CAPTION as RECOVERY_CAPTION
 from compress.report.recovery import recovery_rows, recovery_table, render_recovery_markdown
 
@@ -231,6 +231,9 @@ def print_recovery(rows: list[dict], console: Console) -> None:
     head, body = recovery_table(recovery_rows(rows))
     if body:
         _print_text_table(console, RECOVERY_CAPTION, head, body, wrap_figures=True)
+    head, body = kd_table(rows)
+    if body:
+        _print_text_table(console, KD_CAPTION + " (PA-MPJPE)", head, body, wrap_figures=True)
 
 
 def _print_text_table(console: Console, title: str, head: list[str], body: list[list[str]], *,
@@ -340,9 +343,9 @@ def render_markdown(rows: list[dict]) -> str:
                   "MACs ÷ is the speed-up the MACs predict):", "",
                   "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
         lines += ["| " + " | ".join(line) + " |" for line in body]
-    recovered = render_recovery_markdown(rows)
-    if recovered:
-        lines += ["", recovered.rstrip("\n")]
+    for section in (render_recovery_markdown(rows), render_kd_markdown(rows)):
+        if section:
+            lines += ["", section.rstrip("\n")]
     lines.append("")
     lines += [f"- {line}" for line in _footer(rows, notes)]
     lines.append("- ▲ better than the baseline, ▼ worse")
