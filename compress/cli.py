@@ -14,7 +14,8 @@ from typing import Callable
 
 from compress.devices import AUTO, DEVICE_HELP, resolve_device
 from compress.errors import UserError
-from compress.io import json_text
+from compress.cli_output import (eval_progress, make_console, print_json, print_prune_summary, print_rows,
+                                 print_summary, progress_bar, rank, train_progress)
 from compress.recipe import DATA_ROOT_ENV, DEFAULT_DATA_ROOT, data_root
 
 log = logging.getLogger("compress")
@@ -23,22 +24,6 @@ EVAL_KEYS = "3dpw,mpi-inf-3dhp,h36m-p1,h36m-p2,lsp"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _rank() -> int:
-    """This process's rank under torchrun (0 otherwise): only rank 0 talks to the terminal."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, quiet=_rank() != 0)
-
-
-def _print_json(obj) -> None:
-    if _rank() == 0:
-        print(json_text(obj, indent=2))  # strict JSON: NaN -> null
 
 
 def _parse_set(pairs: list[str]) -> dict:
@@ -58,15 +43,6 @@ def _strip_prefix(overrides: dict, prefix: str) -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in overrides.items()}
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=_console(stderr=True), transient=False,
-    )
-
-
 # ----------------------------------------------------------------------------------------------- info
 
 
@@ -82,8 +58,12 @@ def cmd_info(args) -> int:
     if args.img_res:
         overrides["img_res"] = args.img_res
     info = model_info(args.target, **overrides)
+    from compress.shipped import card_summary
+
+    card = card_summary(args.target)
     if args.json:
-        _print_json({k: v for k, v in info.items() if k != "widths"} | {"widths": info["widths"]})
+        print_json({k: v for k, v in info.items() if k != "widths"} | {"widths": info["widths"]} |
+                    ({"card": card} if card else {}))
         return 0
     from rich.table import Table
 
@@ -93,7 +73,9 @@ def cmd_info(args) -> int:
         table.add_row(label, f"{info[key]:,}")
     table.add_row("MACs", f"{info['macs'] / 1e9:.3f} G  ({info['macs_counter']})")
     table.add_row("widths", " ".join(str(v) for v in info["widths"].values()))
-    _console().print(table)
+    for key, value in card.items():
+        table.add_row(key, value)
+    make_console().print(table)
     return 0
 
 
@@ -104,7 +86,7 @@ def cmd_data_synth(args) -> int:
     from compress.data.synthetic import generate_root
 
     out = generate_root(Path(args.out), size=args.size, seed=args.seed, force=args.force)
-    _console().print(f"synthetic data root ready: [bold]{out}[/]")
+    make_console().print(f"synthetic data root ready: [bold]{out}[/]")
     return 0
 
 
@@ -113,22 +95,11 @@ def cmd_data_cache(args) -> int:
 
     root = data_root(args.data)
     path = build_cache(root, args.datasets.split(","), img_res=args.img_res)
-    _console().print(f"HDF5 cache ready: [bold]{path}[/]")
+    make_console().print(f"HDF5 cache ready: [bold]{path}[/]")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------- eval
-
-
-def _eval_progress(bar):
-    tasks: dict[str, int] = {}
-
-    def progress(key, done, total):
-        if key not in tasks:
-            tasks[key] = bar.add_task(f"eval {key}", total=total)
-        bar.update(tasks[key], completed=done)
-
-    return progress
 
 
 def _default_eval_dir(checkpoint: str) -> Path:
@@ -148,8 +119,8 @@ def cmd_eval(args) -> int:
     _ensure_root(root, args)
     common = dict(datasets=args.datasets.split(","), strict=args.datasets != EVAL_KEYS, subset=args.subset,
                   batch_size=args.batch_size)
-    with _progress() as bar:
-        progress = _eval_progress(bar)
+    with progress_bar() as bar:
+        progress = eval_progress(bar)
         if args.reference:
             from compress.eval.reference import reference_model
 
@@ -161,22 +132,11 @@ def cmd_eval(args) -> int:
                                           device=device, save_dir=save_dir, progress=progress,
                                           **common)
     if args.json:
-        _print_json(results)
+        print_json(results)
     else:
         what = args.checkpoint or f"the constant {args.reference} pose"
-        _print_rows(format_results_table(results), title=f"eval {what}")
+        print_rows(format_results_table(results), title=f"eval {what}")
     return 0
-
-
-def _print_rows(rows: list[list[str]], *, title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for head in rows[0]:
-        table.add_column(head, justify="right")
-    for row in rows[1:]:
-        table.add_row(*row)
-    _console().print(table)
 
 
 # ----------------------------------------------------------------------------------------------- recipes
@@ -200,25 +160,11 @@ def _ensure_root(root: str, args) -> None:
         o.startswith("data.root=") for o in getattr(args, "set", []) or [])
     if explicit or not default_root_missing(root):
         return
-    _console(stderr=True).print(f"{root} is missing: generating the default synthetic data root (about 2 minutes)")
-    with _progress() as bar:
+    make_console(stderr=True).print(f"{root} is missing: generating the default synthetic data root (about 2 minutes)")
+    with progress_bar() as bar:
         task = bar.add_task(f"synthesize {root}", total=None)
         generate_root(root, size="default", seed=0,
                       progress=lambda _stem, done, total: bar.update(task, completed=done, total=total))
-
-
-def _train_progress(bar, label: str):
-    task = {}
-
-    def progress(done: int, total: int, info: dict | None = None):
-        if "id" not in task:
-            task["id"] = bar.add_task(label, total=total)
-        desc = label
-        if info:
-            desc += "  " + "  ".join(f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, (int, float)))
-        bar.update(task["id"], completed=done, total=total, description=desc)
-
-    return progress
 
 
 def cmd_train(args) -> int:
@@ -226,10 +172,10 @@ def cmd_train(args) -> int:
     recipe = load_recipe_args(args)
     from compress.train import run_train
 
-    with _progress() as bar:
-        result = run_train(recipe, out_dir=args.out, resume=args.resume, progress=_train_progress(bar, "train"),
+    with progress_bar() as bar:
+        result = run_train(recipe, out_dir=args.out, resume=args.resume, progress=train_progress(bar, "train"),
                            device=args.device)
-    _print_summary("train", result)
+    print_summary("train", result)
     return 0
 
 
@@ -244,19 +190,19 @@ def cmd_prune(args) -> int:
     if args.eval:
         from compress.eval.protocols import evaluate_into_run
 
-        with _progress() as bar:
-            metrics = evaluate_into_run(run.checkpoint, recipe, progress=_eval_progress(bar))
+        with progress_bar() as bar:
+            metrics = evaluate_into_run(run.checkpoint, recipe, progress=eval_progress(bar))
     if args.json:
-        _print_json({**run.to_json(), **({"metrics": metrics} if args.eval else {}),
+        print_json({**run.to_json(), **({"metrics": metrics} if args.eval else {}),
                      **({"start": start.note()} if start else {})})
     else:
-        _print_prune_summary(run)
+        print_prune_summary(run)
         if start is not None:
-            _console().print(f"[yellow]note:[/] {start.note()}")
+            make_console().print(f"[yellow]note:[/] {start.note()}")
         if metrics:
             from compress.eval.protocols import format_results_table
 
-            _print_rows(format_results_table(metrics), title="pruned, before fine-tuning")
+            print_rows(format_results_table(metrics), title="pruned, before fine-tuning")
     return 0
 
 
@@ -268,52 +214,11 @@ def cmd_finetune(args) -> int:
     run = resolve_run(args.run)  # --run DIR or NAME, else runs/latest
     # the run's recipe keeps the data root it was made with; only --data (or --set data.root=) changes it
     overrides = list(args.set) + ([f"data.root={args.data}"] if args.data else [])
-    with _progress() as bar:
+    with progress_bar() as bar:
         result = run_finetune(run, epochs=args.epochs, overrides=overrides, resume=args.resume, out_dir=args.out,
-                              progress=_train_progress(bar, f"finetune {run.name}"), device=args.device)
-    _print_summary("finetune", result)
+                              progress=train_progress(bar, f"finetune {run.name}"), device=args.device)
+    print_summary("finetune", result)
     return 0
-
-
-def _print_summary(title: str, result: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False)
-    metrics = result.get("metrics")
-    for key, value in result.items():
-        if key == "metrics":
-            continue
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
-        elif isinstance(value, float):
-            value = f"{value:.4g}"
-        table.add_row(str(key), str(value))
-    _console().print(table)
-    if metrics:
-        from compress.eval.protocols import format_results_table
-
-        _print_rows(format_results_table(metrics), title=f"{title}: evaluation")
-
-
-def _print_prune_summary(run) -> None:
-    """Params/MACs before and after, the settings and the notes of a compress.prune.PruneRun."""
-    from rich.table import Table
-
-    result = run.result
-    table = Table(title=f"pruned -> {run.checkpoint}")
-    for head in ("", "before", "after", "change"):
-        table.add_column(head, justify="right")
-    for key in ("params_total", "params_encoder", "params_regressor", "macs"):
-        b, a = getattr(result.before, key), getattr(result.after, key)
-        table.add_row(key, f"{b:,}", f"{a:,}", f"{(a - b) / b * 100:+.1f}%" if b else "–")
-    _console().print(table)
-    shown = {"importance": result.importance, "ratio": result.ratio, "scope": result.scope, "global": result.global_,
-             "min_keep_fraction": result.min_keep_fraction, "min_keep_layer": result.min_keep_layer}
-    for key, value in shown.items():
-        if value is not None:  # no ratio under a latency target
-            _console().print(f"{key}: {value}")
-    for note in result.notes:
-        _console().print(f"[yellow]note:[/] {note}")
 
 
 def cmd_sensitivity(args) -> int:
@@ -322,16 +227,16 @@ def cmd_sensitivity(args) -> int:
     device = resolve_device(args.device)
     ratios = _parse_floats(args.ratios, "--ratios")
     budget = args.budget if args.budget is not None else min(0.2, max(ratios, default=0.2))
-    with _progress() as bar:
+    with progress_bar() as bar:
         result = run_sensitivity(
             args.checkpoint, root=data_root(args.data), ratios=ratios, subset=args.subset,
             datasets=args.datasets.split(","), importance=args.importance, img_res=args.img_res, out_dir=args.out,
-            progress=_train_progress(bar, "sensitivity"), units=args.units.split(",") if args.units else None,
+            progress=train_progress(bar, "sensitivity"), units=args.units.split(",") if args.units else None,
             rank_by=args.rank_by, budget_ratio=budget, batch_size=args.batch_size, name=args.name,
             device=device,
         )
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     from rich import box
     from rich.table import Table
@@ -344,11 +249,11 @@ def cmd_sensitivity(args) -> int:
         table.add_column(head, justify="left" if i == 1 else "right", no_wrap=i == 1)
     for row in rows[1:]:
         table.add_row(*row)
-    _console().print(table)
-    _console().print(f"suggested prune section (channel-weighted average ratio {budget:g}):")
+    make_console().print(table)
+    make_console().print(f"suggested prune section (channel-weighted average ratio {budget:g}):")
     print(recipe_snippet(result["suggested"]["ratio_by_module"], budget_ratio=budget,
                          importance=result["importance"]), end="")
-    _console().print(f"written: [bold]{result['json']}[/], [bold]{result['plot']}[/]")
+    make_console().print(f"written: [bold]{result['json']}[/], [bold]{result['plot']}[/]")
     return 0
 
 
@@ -376,13 +281,13 @@ def cmd_report(args) -> int:
                            runs_dir=args.runs_dir, device=str(resolve_device(args.device)),
                            onnx=_has_onnxruntime() if args.onnx_latency is None else args.onnx_latency,
                            interleave=args.interleave,
-                           width=_console().width, color=sys.stdout.isatty())
+                           width=make_console().width, color=sys.stdout.isatty())
     if fmt == "md":
-        _console().print(f"report written: [bold]{out}[/] ({len(rows)} rows)")
+        make_console().print(f"report written: [bold]{out}[/] ({len(rows)} rows)")
     else:
         sys.stdout.write(out if out.endswith("\n") else out + "\n")
     if args.plots:
-        _console(stderr=True).print(f"plots in [bold]{args.plots}[/]")
+        make_console(stderr=True).print(f"plots in [bold]{args.plots}[/]")
     return 0
 
 
@@ -392,10 +297,10 @@ def cmd_export(args) -> int:
     info = export_onnx(args.checkpoint, args.onnx, img_res=args.img_res, opset=args.opset,
                        device=resolve_device(args.device))
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     diff = ", ".join(f"{k} {v:.1e}" for k, v in info["max_abs_diff"].items())
-    _console().print(f"ONNX (opset {info['opset']}, dynamic batch, {info['img_res']} px): [bold]{info['path']}[/]"
+    make_console().print(f"ONNX (opset {info['opset']}, dynamic batch, {info['img_res']} px): [bold]{info['path']}[/]"
                      f" {info['size_mb']:.1f} MB; onnxruntime vs PyTorch max abs diff: {diff}")
     return 0
 
@@ -409,11 +314,11 @@ def cmd_quantize(args) -> int:
     summary = run_quantize(args.target or "runs/latest", spec=spec, data=args.data, out=args.out,
                            datasets=datasets, subset=args.subset, threads=args.threads)
     if args.json:
-        _print_json(summary)
+        print_json(summary)
         return 0
-    _print_rows(summary_rows(summary), title=f"INT8 (QDQ, {summary['weights']} weights, {summary['activations']} "
+    print_rows(summary_rows(summary), title=f"INT8 (QDQ, {summary['weights']} weights, {summary['activations']} "
                 f"activations, {summary['method']} calibration on {summary['calibration_images']} crops)")
-    _console().print(f"written: [bold]{summary['int8']}[/] (fp32: {summary['fp32']})")
+    make_console().print(f"written: [bold]{summary['int8']}[/] (fp32: {summary['fp32']})")
     return 0
 
 
@@ -423,13 +328,13 @@ def cmd_quantize(args) -> int:
 def cmd_demo(args) -> int:
     from compress.demo import run_demo
 
-    with _progress() as bar:
+    with progress_bar() as bar:
         result = run_demo(quick=args.quick, force=args.force, out=args.out, data=args.data,
-                          from_scratch=args.from_scratch, progress=lambda label: _train_progress(bar, label))
+                          from_scratch=args.from_scratch, progress=lambda label: train_progress(bar, label))
     from compress.report import print_table
 
-    print_table(result["rows"], console=_console())
-    _console().print(f"\nruns, report and plots: [bold]{result['out']}[/]  (data root: {result['data_root']})")
+    print_table(result["rows"], console=make_console())
+    make_console().print(f"\nruns, report and plots: [bold]{result['out']}[/]  (data root: {result['data_root']})")
     return 0
 
 
@@ -608,9 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(debug: bool) -> None:
     from rich.logging import RichHandler
 
-    level = logging.DEBUG if debug else (logging.INFO if _rank() == 0 else logging.WARNING)
+    level = logging.DEBUG if debug else (logging.INFO if rank() == 0 else logging.WARNING)
     logging.basicConfig(level=level, format="%(message)s",
-                        handlers=[RichHandler(console=_console(stderr=True), show_path=debug, show_time=False)])
+                        handlers=[RichHandler(console=make_console(stderr=True), show_path=debug, show_time=False)])
 
 
 def main(argv: list[str] | None = None) -> int:

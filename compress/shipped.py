@@ -70,6 +70,22 @@ def write_card(checkpoint: str | Path, card: dict) -> dict:
     return card
 
 
+def card_summary(target: str | Path) -> dict[str, str]:
+    """What a shipped checkpoint's card says (how it was made, its scores, whether the checksum holds), as the
+    lines `compress info` prints; {} for a file without a card or a model name."""
+    card = read_card(target) if Path(target).is_file() else None
+    if not card:
+        return {}
+    data, sets = card.get("data_root", {}), list(card.get("ratios", {}))
+    pa = " / ".join(f"{card['metrics'][k]['pa_mpjpe_mm']:.1f}" for k in sets if k in card.get("metrics", {}))
+    ok = sha256(target) == card.get("sha256")
+    return {"trained": f"{card.get('steps', 0):,} steps, {card.get('wall_s', 0) / 60:.0f} min on {card.get('machine')}",
+            "data": f"{data.get('path')} ({data.get('size')} synthetic root, seed {data.get('seed')})",
+            "PA-MPJPE": f"{pa} mm ({', '.join(sets)})",
+            "sha256": f"{str(card.get('sha256'))[:16]}… ({'matches the file' if ok else 'DOES NOT match the file'})",
+            "card": str(Path(target).with_suffix(".md"))}
+
+
 # ----------------------------------------------------------------------------------------------- fallback
 
 
