@@ -81,8 +81,13 @@ def ratios(metrics: dict, refs: dict) -> dict:
 def cmd_curve(args) -> None:
     run = Path(args.run)
     refs = references()
+    path = OUT / f"{args.label}.json"
+    done = {p["file"]: p for p in json.loads(path.read_text())["points"]} if path.is_file() else {}
     points = []
-    for snap in sorted((run / "snapshots").glob("epoch_*.pt")):
+    for snap in sorted((run / "snapshots").glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1])):
+        if snap.name in done:  # scored by an earlier call
+            points.append(done[snap.name])
+            continue
         model, step = snapshot_model(snap)
         m = score(model)
         points.append({"step": step, "file": snap.name, "metrics": m, "ratios": ratios(m, refs)})
@@ -93,7 +98,7 @@ def cmd_curve(args) -> None:
     curve = {"label": args.label, "run": str(run), "command": _command(run), "sets": SETS, "references": refs,
              "points": points, "wall_s": sum(r.get("time_s", 0) for r in log if r.get("kind") == "epoch")}
     OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.label}.json").write_text(json.dumps(curve, indent=2))
+    path.write_text(json.dumps(curve, indent=2))
     plot_curves(sorted(OUT.glob("*.json")))
 
 

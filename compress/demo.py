@@ -103,7 +103,7 @@ def _shipped_baseline(out: Path, common: list[str]) -> Path:
     if not metrics_file(run, TRAINED).is_file():
         run.mkdir(parents=True, exist_ok=True)
         save_half(REFERENCE, base, metrics={})
-        shutil.copyfile(card_path(REFERENCE), card_path(base))
+    shutil.copyfile(card_path(REFERENCE), card_path(base))  # every time: the card's noise band may be newer
         evaluate_into_run(base, load_recipe(RECIPES / "mbv2_p1.yaml", common, env=False))
     return base
 

@@ -43,7 +43,7 @@ def test_reference_beats_the_mean_pose_on_a_small_root(synth_root):
     model, _ = load_checkpoint(REFERENCE)
     ours = evaluate(model, synth_root, datasets=SETS, img_res=64)
     mean = evaluate(reference_model("mean", synth_root, img_res=64), synth_root, datasets=SETS)
-    assert _pooled_pa(ours) < 0.9 * _pooled_pa(mean)
+    assert _pooled_pa(ours) < 0.95 * _pooled_pa(mean)  # measured: 0.89 (83.0 vs 93.3 mm, 16 crops)
 
 
 def test_info_describes_the_reference(capsys):
@@ -155,7 +155,7 @@ def test_the_studys_three_commands_work_on_a_fresh_clone(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     recipe = str(REPO / "recipes" / "mbv2_p1.yaml")
     assert main(["prune", recipe, "--set", "finetune.batch_size=4"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the console's width
     assert "shipped reference model" in out and "runs/mbv2_baseline not found" in out
     assert main(["finetune", "--epochs", "1", "--set", "finetune.steps_per_epoch=2"]) == 0
     capsys.readouterr()
