@@ -100,10 +100,10 @@ def _shipped_baseline(out: Path, common: list[str]) -> Path:
     copy drops the card's metrics: the report then reads the demo's own, metrics/trained.json)."""
     run = out / "mbv2_reference"
     base = run / TRAINED
-    if not metrics_file(run, TRAINED).is_file():
-        run.mkdir(parents=True, exist_ok=True)
-        save_half(REFERENCE, base, metrics={})
+    run.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(card_path(REFERENCE), card_path(base))  # every time: the card's noise band may be newer
+    if not metrics_file(run, TRAINED).is_file():
+        save_half(REFERENCE, base, metrics={})
         evaluate_into_run(base, load_recipe(RECIPES / "mbv2_p1.yaml", common, env=False))
     return base
 
