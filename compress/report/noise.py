@@ -56,10 +56,15 @@ def kd_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             diffs.append(a - b)
             spread = (sd.get(key) or {}).get("pa_mpjpe_mm")
             mark = " ≈" if spread is not None and abs(a - b) < NOISE_K * spread else ""
-            cells.append(f"{a - b:+.1f}{mark}".replace("-", "−"))
-        mean = f"{sum(diffs) / len(diffs):+.1f}".replace("-", "−") if diffs else "-"
+            cells.append(_signed(a - b) + mark)
+        mean = _signed(sum(diffs) / len(diffs)) if diffs else "-"
         body.append([f"{kd['stage']} vs {none['stage']}", *cells, mean])
     return head, body
+
+
+def _signed(x: float) -> str:
+    text = f"{x:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text.replace("-", "−")
 
 
 def render_kd_markdown(rows: list[dict]) -> str:
