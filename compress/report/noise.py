@@ -2,8 +2,6 @@
 over fine-tuning seeds; a metric delta smaller than NOISE_K standard deviations is marked, not coloured."""
 from __future__ import annotations
 
-from compress.shipped import noise_band
-
 NOISE_K = 2.0  # a delta counts only beyond two standard deviations of the seed-to-seed spread
 
 
@@ -16,11 +14,6 @@ def mark_noise(delta: dict, band: dict | None) -> None:
             if isinstance(d, dict) and "abs" in d and spread is not None and abs(d["abs"]) < NOISE_K * spread:
                 d["within_noise"] = True
                 d["better"] = None
-
-
-def band_of(baseline: str | None) -> dict | None:
-    """The noise band of a baseline checkpoint (its card's `noise`), or None."""
-    return noise_band(baseline) if baseline else None
 
 
 def noise_reason(band: dict) -> str:

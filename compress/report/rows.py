@@ -20,9 +20,10 @@ from compress.errors import UserError
 from compress.report.columns import COLUMNS, COST_COLUMNS, DATASET_TITLES, RATIOS, get_path, is_number
 from compress.report.costs import choose_memory, interleave_latency, row_costs
 from compress.report.int8 import with_int8_rows
-from compress.report.noise import band_of, mark_noise
+from compress.report.noise import mark_noise
 from compress.runs import (FINETUNED, PRUNED, RUNS_DIR, Lineage, Node, discover_runs, eval_dir, resolve_checkpoint,
                            is_trained, metrics_file, parent_ref, read_meta, resolve_run, stage_checkpoints)
+from compress.shipped import noise_band
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def collect_rows(
             base_row = _row(lineage.node(root), "baseline", runs_dir=runs_dir, retime=retime, device=device,
                             onnx=onnx, foreign=lineage.foreign_model(root))
         rows.append(base_row)
-        band = band_of(base_row.get("checkpoint"))
+        band = noise_band(base_row.get("checkpoint"))  # the baseline card's, or None
         for path in _tree_order(members, lineage, root, order):
             if path == root:
                 continue
