@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compress.devices import cpu_info, describe_cpu  # noqa: E402
 from compress.export import export_onnx  # noqa: E402
 from compress.latency import ab_latency  # noqa: E402
 from compress.models import create_model  # noqa: E402
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         files = export_all(models, Path(tmp_name), args.img_res)
         _print_models(models, files)
-        print(f"\nmedians, {args.threads} thread(s), {args.img_res} px, pairs timed in alternation:")
+        print(f"\nCPU: {describe_cpu(cpu_info())}")
+        print(f"medians, {args.threads} thread(s), {args.img_res} px, pairs timed in alternation:")
         print(f"{'pair':<24}{'runtime':>8}{'batch':>6}{'A ms':>10}{'B ms':>10}{'A/B':>7}  goal")
         met = []
         for (a, b), runtime, need, text in GOALS:

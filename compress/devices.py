@@ -38,3 +38,44 @@ def resolve_device(text: str | torch.device | None = AUTO) -> torch.device:
 def device_kind(device: str | torch.device) -> str:
     """'cpu' or 'cuda': what a cached measurement depends on (the GPU index does not change the figures' kind)."""
     return str(device).split(":")[0]
+
+
+# x86 instruction sets ONNX Runtime's INT8 kernels use, weakest first: without VNNI (AVX2 alone) an int8 dot product
+# takes three instructions instead of one, so INT8 gains less over fp32 there.
+INT8_ISA = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "amx_int8")
+
+
+def cpu_info(cpuinfo: str | None = None) -> dict:
+    """{"model", "int8_isa", "vnni"} of this CPU from /proc/cpuinfo (`cpuinfo`: its text, for tests); on other
+    systems the model is platform.processor() and the instruction sets are unknown (empty)."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(_cpuinfo_fields(cpuinfo))
+    flags = set(fields.get("flags", "").split())
+    isa = [name for name in INT8_ISA if name in flags]
+    return {"model": fields.get("model name") or platform.processor() or "unknown", "int8_isa": isa,
+            "vnni": any("vnni" in name or name.startswith("amx") for name in isa)}
+
+
+def _cpuinfo_fields(text: str):
+    """(key, value) of the first processor block of /proc/cpuinfo."""
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, sep, value = line.partition(":")
+        if sep:
+            yield key.strip(), value.strip()
+
+
+def describe_cpu(info: dict) -> str:
+    """One line: model and the INT8 instructions, e.g. 'AMD EPYC; INT8 on avx2 (no VNNI)'."""
+    isa = info["int8_isa"]
+    if not isa:
+        return f"{info['model']}; INT8 instructions unknown"
+    return f"{info['model']}; INT8 on {isa[-1]}" + ("" if info["vnni"] else " (no VNNI)")

@@ -21,6 +21,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from compress.devices import cpu_info
 from compress.errors import UserError
 from compress.io import atomic_write_json
 from compress.recipe import DataSpec
@@ -166,7 +167,7 @@ def run_quantize(target: str | Path, *, spec: QuantSpec = QuantSpec(), data: Opt
     export_onnx(model, fp32, img_res=res)
     done = quantize_onnx(fp32, int8, images, spec)
     summary = {"checkpoint": str(ckpt), "fp32": str(fp32), "int8": str(int8), "img_res": res, **done,
-               "size_mb": {"fp32": fp32.stat().st_size / 2**20, "int8": int8.stat().st_size / 2**20}}
+               "cpu": cpu_info(), "size_mb": {"fp32": fp32.stat().st_size / 2**20, "int8": int8.stat().st_size / 2**20}}
     summary["latency_ms"] = {f"b{b}": _without_samples(ab_onnx_latency({"fp32": fp32, "int8": int8}, img_res=res,
                                                                        batch=b, threads=threads,
                                                                        rounds=30 if b == 1 else 8))

@@ -57,8 +57,10 @@ def test_quantize_command_prints_size_latency_and_accuracy(synth_root, tiny_ckpt
                  "--datasets", "3dpw", "--keep-fp32", ""]) == 0
     out = capsys.readouterr().out
     assert "size MB" in out and "ORT ms b1" in out and "3dpw MPJPE mm" in out
+    assert "CPU: " in out and "INT8" in out  # the instruction set the speed-up was measured on
     summary = json.loads((tiny_ckpt.parent / "quantized.json").read_text())
     assert summary["kept_fp32"] == [] and "samples_ms" not in summary["latency_ms"]["b1"]["int8"]
+    assert set(summary["cpu"]) == {"model", "int8_isa", "vnni"}
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
