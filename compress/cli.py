@@ -310,7 +310,8 @@ def cmd_quantize(args) -> int:
     from compress.quantize import QuantSpec, run_quantize, summary_rows
 
     keep = tuple(k for k in args.keep_fp32.split(",") if k.strip())
-    spec = QuantSpec(calib=args.calib, method=args.method, keep_fp32=keep, per_channel=not args.per_tensor)
+    spec = QuantSpec(calib=args.calib, method=args.method, keep_fp32=keep, per_channel=not args.per_tensor,
+                     reduce_range=args.reduce_range)
     datasets = [] if args.no_eval else args.datasets.split(",")
     summary = run_quantize(args.target or "runs/latest", spec=spec, data=args.data, out=args.out,
                            datasets=datasets, subset=args.subset, threads=args.threads)
@@ -487,10 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="RUN|CKPT", nargs="?", default=None, help="run dir or checkpoint (default: "
                    "runs/latest); writes <run>/quantized.onnx, <run>/model.onnx and <run>/quantized.json")
     p.add_argument("--calib", type=int, default=64, help="calibration crops from the training sets (default: 64)")
-    p.add_argument("--method", default="minmax", help="calibration: minmax (default), entropy or percentile")
-    p.add_argument("--keep-fp32", default=",".join(("decpose", "decshape", "deccam")), metavar="NAMES",
-                   help="comma-separated node-name parts kept in fp32 (default: %(default)s; '' quantizes all)")
+    p.add_argument("--method", default="percentile", help="calibration: percentile (default), minmax or entropy")
+    p.add_argument("--keep-fp32", default="", metavar="NAMES",
+                   help="comma-separated node-name parts kept in fp32, e.g. decpose,decshape,deccam (the IEF heads; "
+                   "default: none, every layer in INT8)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
+    p.add_argument("--reduce-range", default="auto", choices=("auto", "on", "off"),
+                   help="7-bit weights: auto (default) where this CPU has no VNNI, on, off")
     p.add_argument("--data", metavar="ROOT", help="data root (default: the run's, else $COMPRESS_DATA_ROOT or "
                    "data/synthetic)")
     p.add_argument("--datasets", default="3dpw,mpi-inf-3dhp,h36m-p1,h36m-p2", help="evaluated for both models")

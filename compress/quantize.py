@@ -2,9 +2,10 @@
 
 The model is exported to ONNX (verified against PyTorch, compress.export), calibrated on N crops of the data
 root's training sets (the run's `data` section: SPIN's mixed set, no augmentation, a seeded draw), and quantized
-with onnxruntime.quantization.quantize_static: QDQ format, per-channel int8 weights, uint8 activations (on x86
-with VNNI signed activations ran no faster than fp32 in our measurements), a choice of calibration method, and
-the IEF regressor's output heads (`decpose`, `decshape`, `deccam`) kept in fp32 by default. It writes
+with onnxruntime.quantization.quantize_static: QDQ format, per-channel int8 weights (7-bit where the CPU has no
+VNNI: `reduce_range`), uint8 activations (on x86 with VNNI signed activations ran no faster than fp32 in our
+measurements), percentile calibration by default, every layer quantized unless named in `keep_fp32`. Those defaults
+moved INT8 least from fp32 on two trained models (benchmarks/RESULTS.md, "INT8 settings"). It writes
 `<run>/model.onnx` (fp32), `<run>/quantized.onnx` and `<run>/quantized.json` (sizes, ONNX Runtime latency of both
 timed in alternation, and the evaluation suite of both when asked).
 """
@@ -30,8 +31,8 @@ from compress.runs import RECIPE_FILE, load_run_recipe, resolve_checkpoint
 log = logging.getLogger(__name__)
 
 FP32_FILE, INT8_FILE, SUMMARY_FILE = "model.onnx", "quantized.onnx", "quantized.json"
-KEEP_FP32 = ("decpose", "decshape", "deccam")  # the IEF heads: tiny layers whose outputs feed back each iteration
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+REDUCE_RANGE = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +40,10 @@ class QuantSpec:
     """How to quantize: calibration size and method, layers kept in fp32, weights per channel."""
 
     calib: int = 64
-    method: str = "minmax"
-    keep_fp32: tuple[str, ...] = KEEP_FP32
+    method: str = "percentile"
+    keep_fp32: tuple[str, ...] = ()
     per_channel: bool = True
+    reduce_range: str = "auto"
     seed: int = 0
 
     def check(self) -> None:
@@ -49,6 +51,13 @@ class QuantSpec:
             raise UserError(f"--calib must be at least 1, got {self.calib}")
         if self.method not in METHODS:
             raise UserError(f"--method {self.method!r}: choose {', '.join(METHODS)}")
+        if self.reduce_range not in REDUCE_RANGE:
+            raise UserError(f"--reduce-range {self.reduce_range!r}: choose {', '.join(REDUCE_RANGE)}")
+
+    def seven_bit(self) -> bool:
+        """Weights in 7 bits? auto: where this CPU has no VNNI (AVX2/AVX-512 without VNNI multiply uint8 by int8 in
+        a saturating 16-bit sum; ONNX Runtime's advice is 7-bit weights there)."""
+        return self.reduce_range == "on" or (self.reduce_range == "auto" and not cpu_info()["vnni"])
 
 
 def calibration_images(data: DataSpec, *, img_res: int, n: int, seed: int = 0) -> np.ndarray:
@@ -95,9 +104,11 @@ def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, spec: QuantSpec) ->
         exclude = excluded_nodes(prepared, spec.keep_fp32)
         quantize_static(
             str(prepared), str(out), _Reader(images, "img"), quant_format=QuantFormat.QDQ,
-            per_channel=spec.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]), nodes_to_exclude=exclude)
-    return {"format": "QDQ", "weights": "int8 per-channel" if spec.per_channel else "int8 per-tensor",
+            per_channel=spec.per_channel, reduce_range=spec.seven_bit(), activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
+            nodes_to_exclude=exclude)
+    bits = "int7 (reduced range)" if spec.seven_bit() else "int8"
+    return {"format": "QDQ", "weights": f"{bits} per-channel" if spec.per_channel else f"{bits} per-tensor",
             "activations": "uint8", "method": spec.method, "calibration_images": len(images),
             "kept_fp32": exclude}
 

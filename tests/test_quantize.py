@@ -1,5 +1,6 @@
 """INT8 in ONNX Runtime: `compress eval model.onnx` scores an exported model like its checkpoint, and
-`compress quantize` writes a QDQ model calibrated on training crops, with the IEF heads in fp32."""
+`compress quantize` writes a QDQ model calibrated on training crops (every layer by default; --keep-fp32 names
+layers kept in fp32)."""
 from __future__ import annotations
 
 import json
@@ -43,8 +44,7 @@ def test_quantize_writes_a_calibrated_qdq_model(synth_root, tiny_ckpt):
     graph = onnx.load(str(run / "quantized.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
-    heads = [n for n in summary["kept_fp32"] if "dec" in n]
-    assert heads and len(heads) == len(summary["kept_fp32"])  # decpose/decshape/deccam of each IEF iteration
+    assert summary["kept_fp32"] == [] and summary["method"] == "percentile"  # defaults: every layer, percentile
     assert summary["calibration_images"] == 4
     assert summary["size_mb"]["int8"] < summary["size_mb"]["fp32"]
     m = summary["metrics"]
@@ -54,12 +54,14 @@ def test_quantize_writes_a_calibrated_qdq_model(synth_root, tiny_ckpt):
 
 def test_quantize_command_prints_size_latency_and_accuracy(synth_root, tiny_ckpt, capsys):
     assert main(["quantize", str(tiny_ckpt.parent), "--calib", "4", "--data", str(synth_root),
-                 "--datasets", "3dpw", "--keep-fp32", ""]) == 0
+                 "--datasets", "3dpw", "--keep-fp32", "decpose,decshape,deccam", "--method", "minmax"]) == 0
     out = capsys.readouterr().out
     assert "size MB" in out and "ORT ms b1" in out and "3dpw MPJPE mm" in out
     assert "CPU: " in out and "INT8" in out  # the instruction set the speed-up was measured on
     summary = json.loads((tiny_ckpt.parent / "quantized.json").read_text())
-    assert summary["kept_fp32"] == [] and "samples_ms" not in summary["latency_ms"]["b1"]["int8"]
+    heads = [n for n in summary["kept_fp32"] if "dec" in n]
+    assert heads and len(heads) == len(summary["kept_fp32"])  # decpose/decshape/deccam of each IEF iteration
+    assert summary["method"] == "minmax" and "samples_ms" not in summary["latency_ms"]["b1"]["int8"]
     assert set(summary["cpu"]) == {"model", "int8_isa", "vnni"}
 
 
@@ -100,3 +102,35 @@ def test_report_shows_the_int8_model_after_its_source(synth_root, tiny_ckpt, mon
     assert int8["latency_ms"] is None and "ONNX Runtime only" in int8["notes"]["latency_ms"]
     want = int8["metrics"]["3dpw"]["mpjpe_mm"] - base["metrics"]["3dpw"]["mpjpe_mm"]
     assert int8["delta"]["metrics"]["3dpw"]["mpjpe_mm"]["abs"] == pytest.approx(want)
+
+
+def test_reduce_range_auto_follows_vnni_and_bad_values_are_refused(monkeypatch):
+    import compress.quantize as q
+    from compress.errors import UserError
+
+    for vnni, seven in ((False, True), (True, False)):
+        monkeypatch.setattr(q, "cpu_info", lambda vnni=vnni: {"model": "x", "int8_isa": ["avx2"], "vnni": vnni})
+        assert QuantSpec().seven_bit() is seven
+        assert QuantSpec(reduce_range="on").seven_bit() and not QuantSpec(reduce_range="off").seven_bit()
+    with pytest.raises(UserError, match="--reduce-range 'some'"):
+        QuantSpec(reduce_range="some").check()
+
+
+def test_seven_bit_weights_span_at_most_plus_minus_63(synth_root, tiny_ckpt, tmp_path):
+    import numpy as np
+    from onnx import numpy_helper
+
+    from compress.quantize import quantize_onnx
+
+    model, _ = load_checkpoint(tiny_ckpt)
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32, img_res=RES)
+    images = np.random.default_rng(0).standard_normal((4, 3, RES, RES)).astype(np.float32)
+    spans = {}
+    for mode in ("on", "off"):
+        done = quantize_onnx(fp32, tmp_path / f"{mode}.onnx", images, QuantSpec(reduce_range=mode, keep_fp32=()))
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f"{mode}.onnx")).graph.initializer
+                   if t.name.endswith("_quantized") and t.data_type == onnx.TensorProto.INT8]
+        spans[mode] = max(int(np.abs(w.astype(int)).max()) for w in weights)
+        assert done["weights"].startswith("int7" if mode == "on" else "int8")
+    assert spans["on"] <= 64 < spans["off"]
