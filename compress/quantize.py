@@ -5,7 +5,7 @@ root's training sets (the run's `data` section: SPIN's mixed set, no augmentatio
 with onnxruntime.quantization.quantize_static: QDQ format, per-channel int8 weights (7-bit where the CPU has no
 VNNI: `reduce_range`), uint8 activations (on x86 with VNNI signed activations ran no faster than fp32 in our
 measurements), percentile calibration by default, every layer quantized unless named in `keep_fp32`. Those defaults
-moved INT8 least from fp32 on two trained models (benchmarks/RESULTS.md, "INT8 settings"). It writes
+moved INT8 least from fp32 on two trained models (benchmarks/bench_int8.py; docs/benchmark.md). It writes
 `<run>/model.onnx` (fp32), `<run>/quantized.onnx` and `<run>/quantized.json` (sizes, ONNX Runtime latency of both
 timed in alternation, and the evaluation suite of both when asked).
 """
@@ -68,8 +68,10 @@ def calibration_images(data: DataSpec, *, img_res: int, n: int, seed: int = 0) -
     if len(dataset) < n:
         raise UserError(f"calibration set too small: {data.root} has {len(dataset)} training crops, --calib {n}; "
                         "lower --calib or point --data at a larger root")
-    order = np.random.default_rng(seed).permutation(len(dataset))[:n]
-    return np.stack([dataset[int(i)]["img"].numpy() for i in order]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(dataset))[:n]
+    picks = [dataset.choose(int(i), rng) for i in order]  # (dataset, sample) from `rng`, not the global torch RNG
+    return np.stack([dataset.datasets[k].get_item(j)["img"].numpy() for k, j in picks]).astype(np.float32)
 
 
 class _Reader:
