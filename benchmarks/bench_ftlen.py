@@ -7,6 +7,8 @@ the fine-tuning's wall time, and writes benchmarks/reference/ftlen_<variant>.jso
     python benchmarks/bench_ftlen.py --epochs 5 10 20 40            # about 30 min on 2 CPU cores
     python benchmarks/bench_ftlen.py --epochs 5 10 20 40 --variant none
     python benchmarks/bench_ftlen.py --epochs 20 --set finetune.lr=3e-4 --set finetune.encoder_lr=3e-3 --label lr3e-4
+    python benchmarks/bench_ftlen.py --epochs 20 --prune-set prune.importance=taylor --out runs/bench_ftlen_taylor \
+        --label taylor
 
 Runs go to --out (kept; re-running skips finished ones): --out/mbv2_reference (the shipped model scored on the
 root), --out/mbv2_p1 (pruned, scored), --out/<variant>_ft<N>. The fine-tuning seed alone moves mean PA-MPJPE by
@@ -41,11 +43,11 @@ def mean_3d(metrics: dict, key: str) -> float:
     return statistics.fmean(metrics[ds][key] for ds in SETS)
 
 
-def prune_p1(out: Path, base: Path, common: list[str]) -> Path:
+def prune_p1(out: Path, base: Path, common: list[str], sets: list[str]) -> Path:
     run = out / "mbv2_p1"
     if not (run / PRUNED).exists():
         recipe = load_recipe(demo.RECIPES / "mbv2_p1.yaml",
-                             common + [f"prune.from={base}", f"finetune.distill.teacher={base}"], env=False)
+                             common + [f"prune.from={base}", f"finetune.distill.teacher={base}", *sets], env=False)
         evaluate_into_run(run_prune(recipe, out_dir=run).checkpoint, recipe)
     return run
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", choices=("kd", "none"), default="kd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], dest="sets", help="extra override for every fine-tuning")
+    p.add_argument("--prune-set", action="append", default=[], dest="prune_sets",
+                   help="override for the pruning (use another --out: the pruned run is kept there)")
     p.add_argument("--label", default="", help="suffix of the runs and the results file (for --set variants)")
     p.add_argument("--out", default="runs/bench_ftlen")
     p.add_argument("--json", default=None, help="results file (default: benchmarks/reference/ftlen_<variant>.json)")
@@ -95,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.generate_root(root, size=size.synth, seed=0)
     common = demo._common(size, root, demo.reference_card())
     base = demo._shipped_baseline(out, common)
-    pruned = prune_p1(out, base, common)
+    pruned = prune_p1(out, base, common, args.prune_sets)
     ref = checkpoint_metrics(base)
-    rows = [row("reference", ref, ref, None), row("P1", checkpoint_metrics(pruned / PRUNED), ref, None)]
+    rows = [row("reference", ref, ref, None), row("P1" + (f" {args.label}" if args.prune_sets else ""),
+                                                   checkpoint_metrics(pruned / PRUNED), ref, None)]
     for n in args.epochs:
         dest = out / f"{args.variant}_ft{n}{'_' + args.label if args.label else ''}"
         wall = finetune(pruned, dest, n, args.variant, args.seed, args.sets)
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print("FT s: wall time of the fine-tuning and its evaluation")
     label = f"_{args.label}" if args.label else ""
     dest = Path(args.json) if args.json else HERE / f"ftlen_{args.variant}{label}.json"
-    dest.write_text(json.dumps({"seed": args.seed, "variant": args.variant, "sets": args.sets, "rows": rows},
+    dest.write_text(json.dumps({"seed": args.seed, "variant": args.variant, "sets": args.sets,
+                                "prune_sets": args.prune_sets, "rows": rows},
                                indent=1) + "\n")
     print(f"wrote {dest}")
     return 0

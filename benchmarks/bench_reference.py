@@ -162,6 +162,19 @@ def cmd_ship(args) -> None:
     print(f"shipped {REFERENCE} ({REFERENCE.stat().st_size / 1e6:.1f} MB) in {time.time() - t0:.0f} s")
 
 
+def cmd_restate(args) -> None:
+    """The card's `settings` (what runs from the shipped model take) set to SETTINGS, and its .md rewritten; the
+    noise band, measured at the old settings, is dropped until bench_distill.py --card measures it again."""
+    card = read_card(REFERENCE)
+    if card["settings"] == SETTINGS:
+        print("the card already has these settings")
+        return
+    old = card["settings"]
+    card = {**card, "settings": SETTINGS, "noise": None if args.drop_noise else card.get("noise")}
+    write_model_card(write_card(REFERENCE, card))
+    print("settings: " + ", ".join(f"{a} -> {b}" for a, b in zip(old, SETTINGS) if a != b))
+
+
 def write_model_card(card: dict) -> Path:
     """checkpoints/mbv2_reference.md from the JSON card."""
     rows = "\n".join(
@@ -210,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--label", required=True, help="the run's curve (benchmarks/reference/<label>.json)")
     s.add_argument("--history", default="", help="how the run deviated from its command, if it did")
     s.set_defaults(func=cmd_ship)
+    r = sub.add_parser("restate", help="write SETTINGS into the card (what runs from the shipped model take)")
+    r.add_argument("--drop-noise", action="store_true", help="drop the card's noise band (measured at old settings)")
+    r.set_defaults(func=cmd_restate)
     sub.add_parser("settings", help="print the shipped model's training command as --set flags").set_defaults(
         func=lambda a: print(" ".join(f"--set {x}" for x in TRAIN_SETTINGS)))
     args = p.parse_args(argv)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from compress.data.synthetic import generate_root
+from compress.devices import cpu_info, describe_cpu
 from compress.io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -48,12 +49,7 @@ def benchmarks(quick: bool, data: str) -> list[tuple[str, list[str]]]:
 
 
 def machine() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = describe_cpu(cpu_info())  # the model and its INT8 instruction sets: INT8 speed-ups depend on them
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return [f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- CPU: {cpu}, {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()}",
