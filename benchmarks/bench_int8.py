@@ -22,7 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.devices import cpu_info, describe_cpu  # noqa: E402
 from compress.export import export_onnx  # noqa: E402
 from compress.profile import load_any  # noqa: E402
-from compress.quantize import QuantSpec, _data_spec, _evaluate_pair, calibration_images, quantize_onnx  # noqa: E402
+from compress.quantize import (  # noqa: E402
+    QuantSpec,
+    _data_spec,
+    _evaluate_pair,
+    calibration_images,
+    quantize_onnx,
+)
 from compress.runs import resolve_checkpoint  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "reference" / "int8_settings.json"

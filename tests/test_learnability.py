@@ -2,8 +2,15 @@
 import numpy as np
 import pytest
 
-from compress.eval.learnability import (BONES, bone_vectors, depth_flip_floor, depth_order_accuracy, flip_depths,
-                                        rebuild, xy_error)
+from compress.eval.learnability import (
+    BONES,
+    bone_vectors,
+    depth_flip_floor,
+    depth_order_accuracy,
+    flip_depths,
+    rebuild,
+    xy_error,
+)
 
 
 def poses(n=20, seed=0, depth=0.3):
