@@ -11,7 +11,9 @@ timed in alternation, and the evaluation suite of both when asked).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import statistics
 import tempfile
@@ -104,11 +106,12 @@ def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, spec: QuantSpec) ->
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         exclude = excluded_nodes(prepared, spec.keep_fp32)
-        quantize_static(
-            str(prepared), str(out), _Reader(images, "img"), quant_format=QuantFormat.QDQ,
-            per_channel=spec.per_channel, reduce_range=spec.seven_bit(), activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
-            nodes_to_exclude=exclude)
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            quantize_static(
+                str(prepared), str(out), _Reader(images, "img"), quant_format=QuantFormat.QDQ,
+                per_channel=spec.per_channel, reduce_range=spec.seven_bit(), activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
+                nodes_to_exclude=exclude)
     bits = "int7 (reduced range)" if spec.seven_bit() else "int8"
     return {"format": "QDQ", "weights": f"{bits} per-channel" if spec.per_channel else f"{bits} per-tensor",
             "activations": "uint8", "method": spec.method, "calibration_images": len(images),
