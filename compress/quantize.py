@@ -39,7 +39,7 @@ REDUCE_RANGE = ("auto", "on", "off")
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
-    """How to quantize: calibration size and method, layers kept in fp32, weights per channel."""
+    """How to quantize: calibration size and method, layers kept in fp32, weights per channel, 7-bit weights."""
 
     calib: int = 64
     method: str = "percentile"
