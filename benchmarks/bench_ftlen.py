@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     out, size = Path(args.out), demo.DEFAULT
     root = Path(size.data_root)
     demo.generate_root(root, size=size.synth, seed=0)
-    common = demo._common(size, root, demo.reference_card())
-    base = demo._shipped_baseline(out, common)
+    common = demo.common_settings(size, root, demo.reference_card())
+    base = demo.shipped_baseline(out, common)
     pruned = prune_p1(out, base, common, args.prune_sets)
     ref = checkpoint_metrics(base)
     rows = [row("reference", ref, ref, None), row("P1" + (f" {args.label}" if args.prune_sets else ""),

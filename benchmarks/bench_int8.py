@@ -24,9 +24,9 @@ from compress.export import export_onnx  # noqa: E402
 from compress.profile import load_any  # noqa: E402
 from compress.quantize import (  # noqa: E402
     QuantSpec,
-    _data_spec,
-    _evaluate_pair,
     calibration_images,
+    data_spec_for,
+    evaluate_pair,
     quantize_onnx,
 )
 from compress.runs import resolve_checkpoint  # noqa: E402
@@ -51,12 +51,12 @@ def study(target: str, out: Path, data: str, calib: int, seed: int) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / "model.onnx"
     export_onnx(model, fp32, img_res=res)
-    images = calibration_images(_data_spec(Path(target), data), img_res=res, n=calib, seed=seed)
+    images = calibration_images(data_spec_for(Path(target), data), img_res=res, n=calib, seed=seed)
     results = {}
     for i, (name, fields) in enumerate(VARIANTS.items()):
         int8 = out / f"v{i}_s{seed}.onnx"
         quantize_onnx(fp32, int8, images, dataclasses.replace(QuantSpec(calib=calib, seed=seed), **fields))
-        m = _evaluate_pair(fp32, int8, data, datasets=SETS, subset=None)
+        m = evaluate_pair(fp32, int8, data, datasets=SETS, subset=None)
         results[name] = {ds: (m["int8"][ds]["mpjpe_mm"] - m["fp32"][ds]["mpjpe_mm"],
                               m["int8"][ds]["pa_mpjpe_mm"] - m["fp32"][ds]["pa_mpjpe_mm"]) for ds in SETS}
         print(f"  {name:<28}" + "".join(f"{d[0]:+7.2f}/{d[1]:+5.2f}" for d in results[name].values())

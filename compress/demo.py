@@ -60,7 +60,8 @@ def reference_card() -> dict:
     return card
 
 
-def _common(size: DemoSize, root: Path, card: dict) -> list[str]:
+def common_settings(size: DemoSize, root: Path, card: dict) -> list[str]:
+    """The overrides every demo stage takes: the shipped card's settings, then the demo size's root and batch."""
     return [*card.get("settings", []), f"data.root={root}", f"eval.subset={size.eval_subset or 'null'}",
             f"finetune.batch_size={size.batch_size}", f"finetune.steps_per_epoch={size.ft_steps or 'null'}"]
 
@@ -77,10 +78,10 @@ def run_demo(
     root = Path(data or size.data_root)
     generate_root(root, size=size.synth, seed=0, force=force)
     card = reference_card()
-    common = _common(size, root, card)
+    common = common_settings(size, root, card)
     bar = progress or (lambda label: None)
 
-    base = _scratch_baseline(out, card, size, root, bar) if from_scratch else _shipped_baseline(out, common)
+    base = _scratch_baseline(out, card, size, root, bar) if from_scratch else shipped_baseline(out, common)
     p1 = _prune_and_finetune("mbv2_p1", out, base, base, common, size.ft_epochs[0], bar)
     p1_plain = _without_teacher(p1, out / "mbv2_p1_nokd", size.ft_epochs[0], bar)
     p2 = _prune_and_finetune("mbv2_p2", out, p1, base, common, size.ft_epochs[1], bar)
@@ -95,7 +96,7 @@ def run_demo(
     return {"rows": rows, "markdown": md, "out": str(out), "data_root": str(root)}
 
 
-def _shipped_baseline(out: Path, common: list[str]) -> Path:
+def shipped_baseline(out: Path, common: list[str]) -> Path:
     """The shipped model (and its card) copied into the demo as its baseline run, scored on the demo's root (the
     copy drops the card's metrics: the report then reads the demo's own, metrics/trained.json)."""
     run = out / "mbv2_reference"

@@ -105,14 +105,14 @@ def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, spec: QuantSpec) ->
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        exclude = excluded_nodes(prepared, spec.keep_fp32)
+        exclude, seven_bit = excluded_nodes(prepared, spec.keep_fp32), spec.seven_bit()
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
             quantize_static(
                 str(prepared), str(out), _Reader(images, "img"), quant_format=QuantFormat.QDQ,
-                per_channel=spec.per_channel, reduce_range=spec.seven_bit(), activation_type=QuantType.QUInt8,
+                per_channel=spec.per_channel, reduce_range=seven_bit, activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, METHODS[spec.method]),
                 nodes_to_exclude=exclude)
-    bits = "int7 (reduced range)" if spec.seven_bit() else "int8"
+    bits = "int7 (reduced range)" if seven_bit else "int8"
     return {"format": "QDQ", "weights": f"{bits} per-channel" if spec.per_channel else f"{bits} per-tensor",
             "activations": "uint8", "method": spec.method, "calibration_images": len(images),
             "kept_fp32": exclude}
@@ -152,8 +152,9 @@ def ab_model_latency_ort(models: dict[str, torch.nn.Module], *, img_res: int, ba
         return ab_onnx_latency(paths, img_res=img_res, batch=batch, threads=threads, rounds=repeats)
 
 
-def _data_spec(target: Path, root: Optional[str]) -> DataSpec:
-    """The run's data section (its recipe) with --data over it, else the default mix under `root`."""
+def data_spec_for(target: Path, root: Optional[str]) -> DataSpec:
+    """The data section a target calibrates on: its run's recipe with `root` over it, else the default mix under
+    `root`."""
     run_dir = target if target.is_dir() else target.parent
     if (run_dir / RECIPE_FILE).is_file():
         data = load_run_recipe(run_dir, [f"data.root={root}"] if root else []).data
@@ -178,7 +179,7 @@ def run_quantize(target: str | Path, *, spec: QuantSpec = QuantSpec(), data: Opt
     res = int(getattr(model, "img_res", 224))
     int8 = Path(out) if out else ckpt.parent / INT8_FILE
     fp32 = int8.with_name(FP32_FILE if not out else int8.stem + ".fp32.onnx")
-    data_spec = _data_spec(target, data)
+    data_spec = data_spec_for(target, data)
     images = calibration_images(data_spec, img_res=res, n=spec.calib, seed=spec.seed)  # fails before exporting
     export_onnx(model, fp32, img_res=res)
     done = quantize_onnx(fp32, int8, images, spec)
@@ -189,7 +190,7 @@ def run_quantize(target: str | Path, *, spec: QuantSpec = QuantSpec(), data: Opt
                                                                        rounds=30 if b == 1 else 8))
                              for b in (1, 32)}
     if datasets:
-        summary["metrics"] = _evaluate_pair(fp32, int8, data_spec.root, datasets=datasets, subset=subset)
+        summary["metrics"] = evaluate_pair(fp32, int8, data_spec.root, datasets=datasets, subset=subset)
     atomic_write_json(int8.with_name(int8.stem + ".json") if out else int8.with_name(SUMMARY_FILE), summary)
     return summary
 
@@ -198,7 +199,7 @@ def _without_samples(stats: dict[str, dict]) -> dict[str, dict]:
     return {k: {n: v for n, v in s.items() if n != "samples_ms"} for k, s in stats.items()}
 
 
-def _evaluate_pair(fp32: Path, int8: Path, root: str, *, datasets: list[str], subset: Optional[int]) -> dict:
+def evaluate_pair(fp32: Path, int8: Path, root: str, *, datasets: list[str], subset: Optional[int]) -> dict:
     from compress.eval.protocols import evaluate
     from compress.onnx_model import OnnxHMR
 

@@ -57,7 +57,9 @@ def test_quantize_command_prints_size_latency_and_accuracy(synth_root, tiny_ckpt
                  "--datasets", "3dpw", "--keep-fp32", "decpose,decshape,deccam", "--method", "minmax"]) == 0
     out = capsys.readouterr().out
     assert "size MB" in out and "ORT ms b1" in out and "3dpw MPJPE mm" in out
-    assert "CPU: " in out and "INT8" in out  # the instruction set the speed-up was measured on
+    from compress.devices import cpu_info, describe_cpu
+
+    assert f"CPU: {describe_cpu(cpu_info())}" in " ".join(out.split())  # what the speed-up was measured on
     summary = json.loads((tiny_ckpt.parent / "quantized.json").read_text())
     heads = [n for n in summary["kept_fp32"] if "dec" in n]
     assert heads and len(heads) == len(summary["kept_fp32"])  # decpose/decshape/deccam of each IEF iteration
