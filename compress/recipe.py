@@ -74,6 +74,9 @@ class DataSpec:
     workers: int = opt(2, "DataLoader worker processes", ge=0)
     cache: bool = opt(False, "read pre-cropped images from the HDF5 cache (`compress data cache`)")
     augment: bool = opt(True, "SPIN's training augmentation (flip, rotation, scale, pixel noise)")
+    epoch_length: Optional[int] = opt(
+        None, "samples per epoch of the mixed training set (null: the largest dataset's length, as SPIN); a longer "
+        "epoch restarts the data loader less often (fast GPUs)", ge=1)
 
     def check(self, given: frozenset[str]) -> list[str]:
         errors = _unknown_names("train_datasets", self.train_datasets, list(TRAIN_DATASETS))

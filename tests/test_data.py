@@ -3,6 +3,7 @@
 Every test builds a tiny SPIN-layout root in tmp_path (a few small images and npz files written here).
 """
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,6 +307,20 @@ def test_mixed_dataset_proportions_and_missing_sets(root, caplog):
     assert item["img"].shape == (3, RES, RES) and item["dataset_name"] in keys
     with pytest.raises(UserError, match="none of the training sets"):
         MixedDataset(root, datasets=["lspet"], mix={}, img_res=RES)
+
+
+def test_epoch_length_repeats_samples_under_new_augmentation(root):
+    from compress.data.datasets import training_set
+    from compress.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "mbv2_baseline.yaml",
+                         [f"data.root={root}", "data.epoch_length=40"])
+    assert len(training_set(recipe.data, img_res=RES, augment=True)) == 40
+    h36m = MixedDataset(root, datasets=["h36m"], mix={}, img_res=RES, length=40)
+    n = len(h36m.datasets[0])
+    assert len(h36m) == 40 and len(MixedDataset(root, datasets=["h36m"], mix={}, img_res=RES)) == n < 40
+    first, again = h36m[1], h36m[1 + n]  # the same sample, a different index: another augmentation draw
+    assert first["imgname"] == again["imgname"] and not torch.equal(first["img"], again["img"])
 
 
 # ----------------------------------------------------------------------------------------------- HDF5 cache

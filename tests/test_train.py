@@ -422,3 +422,15 @@ def test_joints_only_smpl_matches_the_full_model(root):
     g_full = torch.autograd.grad(full.square().sum(), [rot, betas])
     g_fast = torch.autograd.grad(joints.square().sum(), [rot, betas])
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_full, g_fast))
+
+
+def test_gpu_reference_plans_the_epochs_that_fit_the_deadline():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_reference.py"
+    spec = importlib.util.spec_from_file_location("gpu_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # 400 s left, 40 s of fixed cost, 20 ms per step, 200 steps per epoch, 90% of it: 324 s / 4 s = 81 epochs
+    assert module.plan_epochs(400, 40, 0.02, 200, 0.9) == 81
+    assert module.plan_epochs(30, 40, 0.02, 200, 0.9) == 1  # never less than one epoch

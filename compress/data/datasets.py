@@ -144,12 +144,15 @@ def mix_weights(lengths: dict[str, int], mix: dict[str, float]) -> dict[str, flo
 class MixedDataset(torch.utils.data.Dataset):
     """SPIN's MixedDataset: each item draws its dataset with `mix_weights`, then sample `index % len(dataset)`.
 
-    Datasets whose npz is missing from the root are dropped with a warning. Length = the largest dataset (SPIN).
+    Datasets whose npz is missing from the root are dropped with a warning. Length = the largest dataset (SPIN), or
+    `length`: item i takes sample i % len(dataset) with its own augmentation draw, so a longer epoch repeats samples
+    under new augmentation.
     """
 
     def __init__(self, root: str | os.PathLike, *, datasets: list[str], mix: dict[str, float], img_res: int,
                  is_train: bool = True, augment: bool = True, image_roots: Optional[dict] = None,
-                 cache: bool | str | os.PathLike = False, subset: Optional[int] = None, seed: int = 0):
+                 cache: bool | str | os.PathLike = False, subset: Optional[int] = None, seed: int = 0,
+                 length: Optional[int] = None):
         self.seed = int(seed)
         self.datasets: list[BaseDataset] = []
         for key in datasets:
@@ -165,7 +168,7 @@ class MixedDataset(torch.utils.data.Dataset):
         weights = mix_weights(lengths, mix)
         self.weights = np.array([weights[ds.key] for ds in self.datasets])
         self.cumulative = np.cumsum(self.weights)
-        self.length = max(lengths.values())
+        self.length = int(length) if length else max(lengths.values())
         log.info("mixed training set: %s", ", ".join(f"{k} {w:.1%} (n={lengths[k]})" for k, w in weights.items()))
 
     def __len__(self) -> int:
@@ -188,4 +191,4 @@ def training_set(data, *, img_res: int, augment: bool, seed: int = 0) -> MixedDa
     pruning's calibration read."""
     return MixedDataset(data.root, datasets=list(data.train_datasets), mix=dict(data.mix), img_res=img_res,
                         is_train=True, augment=augment, image_roots=dict(data.image_roots), cache=data.cache,
-                        seed=seed)
+                        seed=seed, length=data.epoch_length)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One lent-GPU session (the `device` tool's H200), prepared to run once inside its 15 minutes:
+#   - the project's CUDA paths (`benchmarks/gpu_check.py --size small`, i.e. `make gpu-check`), niced, in the
+#     background (its timings are disturbed by the training beside it: a correctness check here);
+#   - a reference-model candidate trained until a deadline (`benchmarks/gpu_reference.py`).
+# The machine has torch but not smplx / torch-pruning: carry their wheels in .whl/ and the synthetic root without
+# its .pkl SMPL files and HDF5 cache in .gpu/synthetic (run from the repository root; what comes back is in $OUT).
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+DEADLINE=${DEADLINE:-470}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+df -h /dev/shm | tail -1
+python3 -c "import torch, torchvision, onnxruntime as ort; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ORT', ort.__version__, ort.get_available_providers())"
+python3 benchmarks/gpu_reference.py --data "${DATA:-.gpu/synthetic}" --out "$OUT" --deadline-s "$DEADLINE" &
+ref=$!
+sleep 45  # the calibration run first, on a quiet machine
+nice -n 19 timeout $((DEADLINE - 50)) python3 benchmarks/gpu_check.py --size small > "$OUT/gpu_check.log" 2>&1
+echo "gpu-check exit $?"
+cat "$OUT/gpu_check.log"
+wait $ref
+echo "reference run exit $?"
