@@ -68,7 +68,7 @@ def calibrate(args, settings: list[str]) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     cmd = train_command(args, run, [*settings, "train.epochs=1", f"train.steps_per_epoch={args.calib_steps}"])
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"calibration run failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with open(run / "train.log", "w") as log:
         try:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=max(10.0, left)).returncode
+            code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=max(10.0, left)).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     train_s = time.perf_counter() - t0
