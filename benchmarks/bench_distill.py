@@ -2,7 +2,7 @@
 print MPJPE per dataset and seed, the means, and the pooled share of the pruning's loss each recovered.
 
     python benchmarks/bench_distill.py --run runs/demo/default/mbv2_p1 --epochs 8 --seeds 0 1 2 \\
-        --kd-set finetune.distill.rotmat=10 --kd-set finetune.distill.joints=5
+        --kd-set finetune.distill.rotmat=100 --kd-set finetune.distill.joints=50
 
 The run needs its pruned.pt evaluated (`compress prune --eval`, or the demo) and a baseline with metrics (default:
 the pruned model's parent). Each fine-tuning goes to --out/<kd|none>_s<seed> (kept; re-running skips finished

@@ -73,7 +73,7 @@ def test_mbv2_p1_falls_back_to_the_reference_with_its_settings(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)  # no runs/mbv2_baseline here
     recipe, start = load_prune_recipe(REPO / "recipes" / "mbv2_p1.yaml", [])
     assert Path(recipe.prune.from_) == REFERENCE and start.missing == "runs/mbv2_baseline"
-    assert recipe.model.img_res == 64 and recipe.finetune.pose == 10 and recipe.finetune.distill.rotmat == 10
+    assert recipe.model.img_res == 64 and recipe.finetune.pose == 10 and recipe.finetune.distill.rotmat == 100
     assert "shipped reference model" in start.note() and "runs/mbv2_baseline not found" in start.note()
     recipe, _ = load_prune_recipe(REPO / "recipes" / "mbv2_p1.yaml", ["model.img_res=96"])
     assert recipe.model.img_res == 96  # the command line wins over the card
