@@ -5,6 +5,12 @@
 #   - a reference-model candidate trained until a deadline (`benchmarks/gpu_reference.py`).
 # The machine has torch but not smplx / torch-pruning: carry their wheels in .whl/ and the synthetic root without
 # its .pkl SMPL files and HDF5 cache in .gpu/synthetic (run from the repository root; what comes back is in $OUT).
+# Prepare them here once (both folders ignored through .git/info/exclude):
+#   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .whl smplx==0.1.28 torch-pruning==1.6.1
+#   cp -al data/synthetic .gpu/synthetic && rm -rf .gpu/synthetic/cache .gpu/synthetic/smpl/*.pkl
+# then give the device tool the command `bash benchmarks/gpu_session.sh`, carry [".gpu", ".whl"], timeout ~545 s.
+# Session 7 measured there: ~50 ms per step at batch 32 and 64 alike (host-bound); batch 64 at lr 5e-4 diverged.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEADLINE=${DEADLINE:-470}
@@ -17,7 +23,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 df -h /dev/shm | tail -1
 python3 -c "import torch, torchvision, onnxruntime as ort; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ORT', ort.__version__, ort.get_available_providers())"
-# shellcheck disable=SC2086 - REF_ARGS are more options for gpu_reference.py (e.g. --batch 32 --epoch-length 6400)
+# shellcheck disable=SC2086 - REF_ARGS are more options for gpu_reference.py (e.g. --batch 48 --lr 3e-4)
 python3 benchmarks/gpu_reference.py --data "${DATA:-.gpu/synthetic}" --out "$OUT" --deadline-s "$DEADLINE" ${REF_ARGS:-} &
 ref=$!
 if [ "${GPU_CHECK:-1}" = 1 ]; then
