@@ -47,11 +47,10 @@ def train_command(args, run: Path, settings: list[str]) -> list[str]:
 
 
 def epoch_records(run: Path) -> list[dict]:
+    from compress.report.plots import read_log
+
     path = run / "log.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("kind") == "epoch"]
+    return [r for r in read_log(path) if r.get("kind") == "epoch"] if path.is_file() else []
 
 
 def plan_epochs(time_left_s: float, overhead_s: float, step_s: float, steps_per_epoch: int,

@@ -33,4 +33,6 @@ if [ "${GPU_CHECK:-1}" = 1 ]; then
   cat "$OUT/gpu_check.log"
 fi
 wait $ref
-echo "reference run exit $?"
+code=$?
+echo "reference run exit $code"
+exit $code
