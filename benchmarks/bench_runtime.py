@@ -121,9 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     for text, ok, ratios in met:
         print(f"  {'MET    ' if ok else 'NOT MET'} {text}: " + ", ".join(f"b{k} {v:.2f}x" if k != "x" else
                                                                           f"{v:.2f}x" for k, v in ratios.items()))
+    _cuda_pairs(models, args.img_res)
     if args.run:
         _accuracy(args.run, args.data, args.subset)
     return 0
+
+
+def _cuda_pairs(models: dict, img_res: int) -> None:
+    """The fp32 models in ONNX Runtime's CUDA execution provider (batch 1 and 32), where this machine has it."""
+    from compress.report.costs import cuda_provider_missing
+
+    why = cuda_provider_missing()
+    if why:
+        print(f"\nONNX Runtime CUDA: not timed ({why})")
+        return
+    with tempfile.TemporaryDirectory() as tmp_name:
+        files = {k: Path(export_onnx(models[k], Path(tmp_name) / f"{k}.onnx", img_res=img_res)["path"])
+                 for k in ("baseline", "P1", "P2")}
+        print("\nONNX Runtime CUDA execution provider, fp32, pairs timed in alternation (host arrays in and out):")
+        for b_name in ("P1", "P2"):
+            for batch, rounds in ((1, 100), (32, 30)):
+                st = ab_onnx_latency({"baseline": files["baseline"], b_name: files[b_name]}, img_res=img_res,
+                                     batch=batch, rounds=rounds, device="cuda")
+                ta, tb = st["baseline"]["median_ms"], st[b_name]["median_ms"]
+                print(f"{'baseline vs ' + b_name:<24}{'ort-cuda':>8}{batch:>6}{ta:>10.2f}{tb:>10.2f}{ta / tb:>7.2f}")
 
 
 def _print_models(models: dict, files: dict) -> None:

@@ -173,6 +173,19 @@ def check_export(tmp: Path, device: str, ckpt: Path) -> str:
     return f"max |onnxruntime - PyTorch on {device}| {info['max_abs_diff_all']:.1e}"
 
 
+def check_ort_cuda(tmp: Path, device: str) -> str:
+    """ONNX Runtime's CUDA execution provider (onnxruntime-gpu): the exported model timed there at batch 1."""
+    from compress.export import onnx_latency
+    from compress.report.costs import cuda_provider_missing
+
+    _need_cuda(device)
+    why = cuda_provider_missing()
+    if why:
+        raise Skip(why)
+    stats = onnx_latency(tmp / "model.onnx", img_res=RES, batch=1, repeats=50, device=torch.device(device))
+    return f"{stats['median_ms']:.2f} ms at batch 1 ({stats['device']})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a dry run of the script)")
@@ -206,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         checks.run("eval", lambda: check_eval(root, device, ckpt))
         checks.run("report", lambda: check_report(tmp, device))
         checks.run("ONNX export check", lambda: check_export(tmp, device, ckpt))
+        checks.run("ONNX Runtime CUDA provider", lambda: check_ort_cuda(tmp, device))
     print(f"{checks.passed} passed, {checks.failed} failed" + (f", {checks.skipped} skipped" if checks.skipped else ""))
     return 1 if checks.failed else 0
 

@@ -163,13 +163,19 @@ def session(path: str | Path, *, threads: int | None = None, device: torch.devic
 
 def onnx_latency(
     path: str | Path, *, img_res: int, batch: int = 1, repeats: int = 30, warmup: int = 5, threads: int | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> dict:
-    """onnxruntime CPU latency: median and 10/90th percentile in ms over `repeats` runs after `warmup` runs.
+    """onnxruntime latency: median and 10/90th percentile in ms over `repeats` runs after `warmup` runs.
 
-    Threads default to torch's intra-op thread count, so the figure compares with PyTorch's CPU latency.
+    On the CPU, threads default to torch's intra-op thread count, so the figure compares with PyTorch's CPU latency.
+    On a CUDA device the CUDA execution provider runs it (an error when the installed onnxruntime lacks it: a CPU
+    figure must not pass for a GPU one); a run takes a host array and returns host arrays, as `session.run` does.
     """
     threads = threads or torch.get_num_threads()
-    sess = session(path, threads=threads)
+    sess = session(path, threads=threads, device=device)
+    provider = sess.get_providers()[0]
+    if device.type == "cuda" and provider != "CUDAExecutionProvider":
+        raise RuntimeError(f"onnxruntime ran {Path(path).name} on {provider}, not CUDA (install onnxruntime-gpu)")
     x = torch.randn(batch, 3, img_res, img_res).numpy()
     for _ in range(warmup):
         sess.run(None, {"img": x})
@@ -180,4 +186,4 @@ def onnx_latency(
         samples.append((time.perf_counter() - start) * 1000.0)
     q = statistics.quantiles(samples, n=10) if len(samples) >= 2 else samples * 9
     return {"median_ms": statistics.median(samples), "p10_ms": q[0], "p90_ms": q[-1], "repeats": len(samples),
-            "batch": batch, "threads": threads, "device": "cpu (onnxruntime)"}
+            "batch": batch, "threads": threads, "device": f"{device.type} (onnxruntime {provider})"}

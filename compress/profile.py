@@ -260,7 +260,8 @@ def _one_step(model: nn.Module, x: torch.Tensor, opt) -> None:
 
 PROFILE_CACHE = ".profile.json"  # <ckpt>.profile.<cpu|cuda>.json: {"key": ..., "profile": {...}}, one per device
 ONNX_LATENCY_CACHE = ".onnx-latency.json"  # <ckpt>.onnx-latency.json: {"key": ..., "stats": {...}}
-_CACHE_FIELD = {PROFILE_CACHE: "profile", ONNX_LATENCY_CACHE: "stats"}
+ONNX_CUDA_LATENCY_CACHE = ".onnx-cuda-latency.json"  # the CUDA execution provider's figure, beside it
+_CACHE_FIELD = {PROFILE_CACHE: "profile", ONNX_LATENCY_CACHE: "stats", ONNX_CUDA_LATENCY_CACHE: "stats"}
 
 
 def file_key(path: Path) -> dict:

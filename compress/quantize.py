@@ -119,11 +119,15 @@ def quantize_onnx(fp32: Path, out: Path, images: np.ndarray, spec: QuantSpec) ->
 
 
 def ab_onnx_latency(paths: dict[str, Path], *, img_res: int, batch: int = 1, threads: int = 1,
-                    rounds: int = 30, warmup: int = 5) -> dict[str, dict]:
-    """ONNX Runtime latency of several files timed in alternation (A B A B ...): median and p10/p90 in ms."""
+                    rounds: int = 30, warmup: int = 5, device: str = "cpu") -> dict[str, dict]:
+    """ONNX Runtime latency of several files timed in alternation (A B A B ...): median and p10/p90 in ms; on
+    `device` "cuda" in the CUDA execution provider (an error where onnxruntime lacks it)."""
     from compress.export import session
 
-    sessions = {k: session(p, threads=threads) for k, p in paths.items()}
+    sessions = {k: session(p, threads=threads, device=torch.device(device)) for k, p in paths.items()}
+    for key, sess in sessions.items():
+        if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+            raise UserError(f"onnxruntime cannot run {key} on CUDA here; install onnxruntime-gpu")
     x = np.random.default_rng(0).standard_normal((batch, 3, img_res, img_res)).astype(np.float32)
     samples: dict[str, list[float]] = {k: [] for k in sessions}
     for i in range(warmup + rounds):

@@ -111,14 +111,27 @@ def test_onnx_latency_stats(tmp_path, monkeypatch):
             runs.append(feeds["img"].shape)
             return real.run(names, feeds)
 
+        def get_providers(self):
+            return real.get_providers()
+
     ticks = iter(t for i, ms in enumerate([3, 1, 2, 9, 5, 4, 8, 6, 7]) for t in (10.0 * i, 10.0 * i + ms / 1000))
-    monkeypatch.setattr(export, "session", lambda path, threads=None: Counting())
+    monkeypatch.setattr(export, "session", lambda path, threads=None, device=None: Counting())
     monkeypatch.setattr(export.time, "perf_counter", lambda: next(ticks))
     stats = onnx_latency(info["path"], img_res=IMG_RES, batch=2, repeats=9, warmup=2, threads=1)
     assert runs == [(2, 3, IMG_RES, IMG_RES)] * 11  # warm-up runs are not timed
     assert stats["repeats"] == 9 and stats["batch"] == 2 and stats["threads"] == 1
     assert stats["median_ms"] == pytest.approx(5.0) and stats["p10_ms"] == pytest.approx(1.0)
     assert stats["p90_ms"] == pytest.approx(9.0)
+
+
+def test_onnx_latency_on_cuda_never_passes_a_cpu_figure_off(tmp_path, monkeypatch):
+    """Asked for CUDA, an onnxruntime without the CUDA provider (onnxruntime-gpu) is an error, not a CPU timing."""
+    import onnxruntime as ort
+
+    info = export_onnx(_tiny(), tmp_path / "tiny.onnx", img_res=IMG_RES)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="not CUDA .install onnxruntime-gpu"):
+        onnx_latency(info["path"], img_res=IMG_RES, repeats=2, warmup=0, device=torch.device("cuda"))
 
 
 def test_cli_export(tmp_path, capsys):

@@ -363,6 +363,42 @@ def test_real_checkpoints_profiled_once_then_read_from_the_cache(tmp_path, monke
     assert collect_rows(runs_dir=r, onnx=True)[1]["onnx_latency_ms"] == rows[1]["onnx_latency_ms"]
 
 
+def test_onnx_runtime_cuda_column(runs, monkeypatch):
+    """On a CUDA machine whose onnxruntime has the CUDA provider, each row gets ONNX Runtime's CUDA latency (batch 1),
+    timed once and cached; without the provider the column is hidden with the reason (install onnxruntime-gpu)."""
+    import contextlib
+
+    import onnxruntime as ort
+
+    from compress import export
+    from compress.report import costs
+
+    timed = []
+
+    def fake_latency(path, *, img_res, batch=1, device=torch.device("cpu"), **kwargs):
+        timed.append(device.type)
+        return {"median_ms": 1.5 if device.type == "cuda" else 7.0, "p10_ms": 1.0, "p90_ms": 2.0}
+
+    monkeypatch.setattr(costs, "_export_for_timing", lambda *a: contextlib.nullcontext(("model.onnx", 64)))
+    monkeypatch.setattr(export, "onnx_latency", fake_latency)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(costs, "_gpu_latency", lambda *a, **k: (None, "not profiled"))
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    rows = collect_rows(runs_dir=runs["dir"], onnx=True)
+    assert timed == ["cpu"] * 10 and all(r["onnx_cuda_latency_ms"] is None for r in rows)
+    assert rows[1]["notes"]["onnx_cuda_latency_ms"] == "onnxruntime has no CUDA provider; pip install onnxruntime-gpu"
+    assert "ORT CUDA ms b1" in render_markdown(rows).split("not shown (onnxruntime has no CUDA provider")[1]
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    timed.clear()
+    rows = collect_rows(runs_dir=runs["dir"], onnx=True)
+    assert timed == ["cuda"] * 5  # the CPU figures came from their cache
+    assert [r["onnx_cuda_latency_ms"] for r in rows] == [1.5] * 5 and "ORT CUDA ms b1" in render_markdown(rows)
+    assert rows[1]["delta"]["onnx_cuda_latency_ms"]["abs"] == 0.0
+    assert [r["onnx_cuda_latency_ms"] for r in collect_rows(runs_dir=runs["dir"], onnx=True)] == [1.5] * 5
+    assert timed == ["cuda"] * 5  # cached beside each checkpoint
+
+
 def test_cli_report(runs, capsys):
     from compress.cli import main
 

@@ -54,6 +54,7 @@ COST_COLUMNS = [
     Column("gpu_latency_ms", "GPU ms b1", ("gpu_latency_ms",), "cost", digits=2),
     Column("onnx_latency_ms", "ORT ms b1", ("onnx_latency_ms",), "cost", digits=2),
     Column("onnx_latency_b32_ms", "ORT ms b32", ("onnx_latency_b32_ms",), "cost", digits=1),
+    Column("onnx_cuda_latency_ms", "ORT CUDA ms b1", ("onnx_cuda_latency_ms",), "cost", digits=2),
     Column("infer_mem_mb", "mem infer MB", ("peak_mem_mb", "infer"), "cost", digits=1),
     Column("train_mem_mb", "mem train MB", ("peak_mem_mb", "train"), "cost", digits=1),
 ]
@@ -75,6 +76,7 @@ RATIOS = {  # name -> (path in the row, title, column key): baseline / row, so a
     "latency_b32": (("latency_b32_ms",), "speed-up b32", "latency_b32_ms"),
     "onnx_latency_b1": (("onnx_latency_ms",), "ORT speed-up b1", "onnx_latency_ms"),
     "onnx_latency_b32": (("onnx_latency_b32_ms",), "ORT speed-up b32", "onnx_latency_b32_ms"),
+    "onnx_cuda_latency_b1": (("onnx_cuda_latency_ms",), "ORT CUDA speed-up b1", "onnx_cuda_latency_ms"),
     "infer_mem": (("peak_mem_mb", "infer"), "infer mem ÷", "infer_mem_mb"),
     "train_mem": (("peak_mem_mb", "train"), "train mem ÷", "train_mem_mb"),
 }

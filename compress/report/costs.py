@@ -6,6 +6,7 @@ of a group again in alternation (--interleave), one memory source per column, an
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import tempfile
@@ -47,6 +48,11 @@ def row_costs(path: Path, *, retime: bool, device: str, onnx: bool, foreign: dic
         fields["onnx_latency_b32_ms"] = get_path(stats, ("b32", "median_ms"))
         if onnx_why:
             notes["onnx_latency_ms"] = notes["onnx_latency_b32_ms"] = onnx_why
+    fields["onnx_cuda_latency_ms"], cuda_why = (
+        onnx_cuda_latency(path, lambda: _export_for_timing(path, profile, foreign), retime=retime) if onnx
+        else (None, ""))
+    if cuda_why:
+        notes["onnx_cuda_latency_ms"] = cuda_why
     return fields, notes
 
 
@@ -97,12 +103,50 @@ def _onnx_latency(path: Path, profile: dict | None, *, retime: bool, foreign: di
     """onnxruntime CPU latency of a checkpoint at batch 1 and 32 ({"b1": stats, "b32": stats}): exported to a
     temporary file and timed, cached beside the checkpoint while the file is unchanged."""
     def measure() -> dict:
-        with tempfile.TemporaryDirectory() as tmp:
-            model, _ = profiler.load_any(str(path), foreign=foreign)
-            info = export.export_onnx(model, Path(tmp) / "model.onnx", img_res=(profile or {}).get("img_res"))
-            return _time_onnx(info["path"], img_res=info["img_res"])
+        with _export_for_timing(path, profile, foreign) as (onnx_path, img_res):
+            return _time_onnx(onnx_path, img_res=img_res)
 
     return _cached_onnx_latency(path, measure, retime=retime, failed="ONNX export failed")
+
+
+@contextlib.contextmanager
+def _export_for_timing(path: Path, profile: dict | None, foreign: dict | None):
+    """The checkpoint exported to a temporary ONNX file: yields (its path, its image size)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _ = profiler.load_any(str(path), foreign=foreign)
+        info = export.export_onnx(model, Path(tmp) / "model.onnx", img_res=(profile or {}).get("img_res"))
+        yield info["path"], info["img_res"]
+
+
+def cuda_provider_missing() -> str:
+    """Why ONNX Runtime cannot time on CUDA here ("" when it can)."""
+    import onnxruntime as ort
+
+    if not torch.cuda.is_available():
+        return "no CUDA"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime has no CUDA provider; pip install onnxruntime-gpu"
+    return ""
+
+
+def onnx_cuda_latency(path: Path, exported, *, retime: bool) -> tuple[float | None, str]:
+    """Batch-1 latency (ms) in ONNX Runtime's CUDA execution provider, cached beside `path`; `exported()` is a
+    context giving (ONNX file, image size): the checkpoint's export, or the ONNX file itself."""
+    why = cuda_provider_missing()
+    if why:
+        return None, why
+    cached = None if retime else profiler.read_cache(path, profiler.ONNX_CUDA_LATENCY_CACHE)
+    if isinstance(cached, dict) and is_number(cached.get("median_ms")):
+        return cached["median_ms"], ""
+    try:
+        with exported() as (onnx_path, res):
+            stats = export.onnx_latency(onnx_path, img_res=res, batch=1, repeats=30,
+                                        device=torch.device("cuda"))
+    except Exception as exc:
+        log.warning("onnxruntime CUDA latency failed for %s: %s", path, exc)
+        return None, f"ONNX Runtime CUDA failed ({type(exc).__name__})"
+    profiler.write_cache(path, profiler.ONNX_CUDA_LATENCY_CACHE, stats)
+    return stats["median_ms"], ""
 
 
 def onnx_file_latency(path: Path, *, img_res: int, retime: bool) -> tuple[dict | None, str]:

@@ -4,13 +4,14 @@ ONNX Runtime only, so its latency is the ORT columns (measured like every other 
 its metrics are those `compress quantize` evaluated."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from compress.report.columns import COLUMNS, get_path, is_number
-from compress.report.costs import onnx_file_latency
+from compress.report.costs import onnx_cuda_latency, onnx_file_latency
 from compress.quantize import INT8_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def int8_row(source: dict, summary: dict, *, retime: bool, onnx: bool) -> dict[s
     row: dict[str, Any] = {k: source.get(k) for k in COPIED}
     row.update(stage=f"{source['stage']}+INT8", checkpoint=str(path), parent=source.get("checkpoint"),
                created=None, foreign=None, latency=None, latency_ms=None, latency_b32_ms=None, gpu_latency_ms=None,
-               onnx_latency_ms=None, onnx_latency_b32_ms=None, peak_mem_mb=None,
+               onnx_latency_ms=None, onnx_latency_b32_ms=None, onnx_cuda_latency_ms=None, peak_mem_mb=None,
                size_mb=get_path(summary, ("size_mb", "int8")), quantization={k: summary.get(k) for k in (
                    "format", "weights", "activations", "method", "calibration_images", "kept_fp32")})
     notes = {key: "INT8 runs in ONNX Runtime only" for key in
@@ -60,6 +61,11 @@ def int8_row(source: dict, summary: dict, *, retime: bool, onnx: bool) -> dict[s
         row["onnx_latency_b32_ms"] = get_path(stats, ("b32", "median_ms"))
         if why:
             notes["onnx_latency_ms"] = notes["onnx_latency_b32_ms"] = why
+        img_res = int(summary["img_res"])
+        row["onnx_cuda_latency_ms"], why = onnx_cuda_latency(
+            path, lambda: contextlib.nullcontext((path, img_res)), retime=retime)
+        if why:
+            notes["onnx_cuda_latency_ms"] = why
     row["metrics"] = dict(get_path(summary, ("metrics", "int8")) or {})
     row["metrics_source"] = {ds: str(path.with_name(SUMMARY_FILE)) for ds in row["metrics"]}
     for col in COLUMNS:

@@ -18,7 +18,7 @@ import torch
 from compress.constants import EVAL_DATASETS
 from compress.errors import UserError
 from compress.report.columns import COLUMNS, COST_COLUMNS, DATASET_TITLES, RATIOS, get_path, is_number
-from compress.report.costs import choose_memory, interleave_latency, row_costs
+from compress.report.costs import choose_memory, cuda_provider_missing, interleave_latency, row_costs
 from compress.report.int8 import with_int8_rows
 from compress.report.noise import mark_noise
 from compress.runs import (FINETUNED, PRUNED, RUNS_DIR, Lineage, Node, discover_runs, eval_dir, resolve_checkpoint,
@@ -171,17 +171,21 @@ def _virtual_baseline(first: Node, *, runs_dir: Path, onnx: bool) -> dict:
         "params_total": before.get("params_total"), "params_encoder": before.get("params_encoder"),
         "params_regressor": before.get("params_regressor"), "macs": before.get("macs"),
         "latency_ms": None, "latency_b32_ms": None, "gpu_latency_ms": None, "onnx_latency_ms": None,
-        "onnx_latency_b32_ms": None,
+        "onnx_latency_b32_ms": None, "onnx_cuda_latency_ms": None,
         "peak_mem_mb": None, "metrics": {}, "metrics_source": {},
         "notes": {"row": why + ("; params and MACs from its prune summary" if before else "")},
     }
     skip = {"gpu_latency_ms"} if not torch.cuda.is_available() else set()
-    skip |= set() if onnx else {"onnx_latency_ms", "onnx_latency_b32_ms"}
+    skip |= set() if onnx else {"onnx_latency_ms", "onnx_latency_b32_ms", "onnx_cuda_latency_ms"}
+    cuda_ort_why = cuda_provider_missing() if onnx else ""
+    skip |= {"onnx_cuda_latency_ms"} if cuda_ort_why else set()
     for col in COLUMNS:
         if not is_number(get_path(row, col.path)) and col.key not in skip:
             row["notes"][col.key] = "no baseline checkpoint to measure"
     if not torch.cuda.is_available():
         row["notes"]["gpu_latency_ms"] = "no CUDA"
+    if cuda_ort_why:
+        row["notes"]["onnx_cuda_latency_ms"] = cuda_ort_why
     return row
 
 
@@ -281,7 +285,8 @@ def _read_metrics(side: Path) -> dict:
 
 
 DELTA_FIELDS = ("params_total", "params_encoder", "params_regressor", "macs", "latency_ms", "latency_b32_ms",
-                "gpu_latency_ms", "onnx_latency_ms", "onnx_latency_b32_ms", "peak_mem_mb", "metrics")
+                "gpu_latency_ms", "onnx_latency_ms", "onnx_latency_b32_ms", "onnx_cuda_latency_ms", "peak_mem_mb",
+                "metrics")
 
 
 def compute_delta(row: dict, base: dict) -> dict:
