@@ -10,6 +10,12 @@ With `--run RUN` (a fine-tuned run) it also quantizes that run and compares INT8
     python benchmarks/bench_runtime.py                         # 224 px, 1 thread, recipes as shipped
     python benchmarks/bench_runtime.py --round-to 1            # the same with unrounded widths
     python benchmarks/bench_runtime.py --run runs/demo/mbv2_p1 --data data/synthetic
+    python benchmarks/bench_runtime.py --ops                   # where P1's INT8 time goes, and what else was tried
+
+`--ops` profiles P1 fp32 and P1+INT8 node by node in ONNX Runtime (its own profiler, one thread, batch 1) and sums
+the kernel time per layer kind (first 3x3 convolution, depthwise, pointwise, fully connected, the rest); then it
+times other quantizations of P1 against the default (per-tensor weights, 8-bit weights, the first convolution or
+every depthwise convolution kept in fp32), all in alternation.
 """
 from __future__ import annotations
 
@@ -98,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default=None, help="a fine-tuned run to quantize and score (INT8 vs fp32 accuracy)")
     p.add_argument("--data", default=None, help="data root for --run (default: the run's)")
     p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--ops", action="store_true", help="per-layer-kind profile of P1 fp32 vs INT8, and variants")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = build_models(args.img_res, args.round_to)
+    if args.ops:
+        return ops_profile(models["P1"], args.img_res)
     with tempfile.TemporaryDirectory() as tmp_name:
         files = export_all(models, Path(tmp_name), args.img_res)
         _print_models(models, files)
@@ -145,6 +154,86 @@ def _cuda_pairs(models: dict, img_res: int) -> None:
                                      batch=batch, rounds=rounds, device="cuda")
                 ta, tb = st["baseline"]["median_ms"], st[b_name]["median_ms"]
                 print(f"{'baseline vs ' + b_name:<24}{'ort-cuda':>8}{batch:>6}{ta:>10.2f}{tb:>10.2f}{ta / tb:>7.2f}")
+
+
+KINDS = ("first conv", "depthwise", "pointwise", "fully connected", "rest")
+
+
+def layer_kinds(model_path: Path) -> dict[str, str]:
+    """Node name -> layer kind, for the (ORT-optimised) graph in `model_path`."""
+    import onnx
+
+    kinds, seen_conv = {}, False
+    for node in onnx.load(str(model_path)).graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        if "Conv" in node.op_type:
+            kind = ("depthwise" if attrs.get("group") and attrs["group"].i > 1 else
+                    "pointwise" if list(getattr(attrs.get("kernel_shape"), "ints", [])) == [1, 1] else
+                    "first conv" if not seen_conv else "rest")
+            seen_conv = True
+        else:
+            kind = "fully connected" if node.op_type in ("Gemm", "QGemm", "MatMul") else "rest"
+        kinds[node.name] = kind
+    return kinds
+
+
+def kernel_ms(path: Path, img_res: int, runs: int = 60) -> dict[str, float]:
+    """ms per batch-1 run in each layer kind, from ONNX Runtime's own profiler (one thread; its trace and the
+    optimised graph are written beside `path`)."""
+    import json
+
+    import onnxruntime as ort
+
+    path = Path(path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(path.with_suffix(".profile"))
+    opts.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    kinds = layer_kinds(path.with_suffix(".opt.onnx"))
+    x = np.random.default_rng(0).standard_normal((1, 3, img_res, img_res)).astype(np.float32)
+    for _ in range(runs):
+        sess.run(None, {"img": x})
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    out = dict.fromkeys(KINDS, 0.0)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            out[kinds.get(e["name"][:-len("_kernel_time")], "rest")] += e["dur"] / 1000 / runs
+    return out
+
+
+def ops_profile(p1: torch.nn.Module, img_res: int) -> int:
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        fp32 = Path(export_onnx(p1, tmp / "P1.onnx", img_res=img_res)["path"])
+        convs = [n for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"]
+        depthwise = tuple(n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute))
+        variants = {"INT8 (default)": QuantSpec(), "per-tensor weights": QuantSpec(per_channel=False),
+                    "8-bit weights": QuantSpec(reduce_range="off"), "first conv fp32": QuantSpec(keep_fp32=(
+                        convs[0].name,)), "depthwise fp32": QuantSpec(keep_fp32=depthwise)}
+        files = {"fp32": fp32}
+        for i, (name, spec) in enumerate(variants.items()):
+            files[name] = tmp / f"v{i}.onnx"
+            quantize_onnx(fp32, files[name], calibration(img_res), spec)
+        fp, q = kernel_ms(fp32, img_res), kernel_ms(files["INT8 (default)"], img_res)
+        print(f"P1 at {img_res} px, batch 1, one thread: kernel ms per run by layer kind (ONNX Runtime profiler)")
+        print(f"{'kind':<18}{'fp32':>8}{'INT8':>8}{'fp32/INT8':>11}")
+        for kind in KINDS:
+            print(f"{kind:<18}{fp[kind]:>8.2f}{q[kind]:>8.2f}{fp[kind] / max(q[kind], 1e-9):>11.2f}")
+        print(f"{'all':<18}{sum(fp.values()):>8.2f}{sum(q.values()):>8.2f}{sum(fp.values()) / sum(q.values()):>11.2f}")
+        print(f"\nquantizations of P1, all timed in alternation (medians, ms; CPU: {describe_cpu(cpu_info())}):")
+        for batch, rounds in ((1, 40), (32, 5)):
+            st = ab_onnx_latency(files, img_res=img_res, batch=batch, rounds=rounds)
+            base = st["fp32"]["median_ms"]
+            print(f"  batch {batch:>2}: " + ", ".join(f"{k} {v['median_ms']:.2f} ({base / v['median_ms']:.2f}x)"
+                                                   for k, v in st.items()))
+    return 0
 
 
 def _print_models(models: dict, files: dict) -> None:

@@ -149,3 +149,22 @@ def test_calibration_crops_depend_on_the_seed_only(synth_root):
     b = calibration_images(data, img_res=RES, n=6, seed=0)
     c = calibration_images(data, img_res=RES, n=6, seed=1)
     assert a.shape == (6, 3, RES, RES) and (a == b).all() and not (a == c).all()
+
+
+def test_op_profile_sums_kernel_time_by_layer_kind(tmp_path):
+    """bench_runtime --ops: a MobileNetV2's convolutions sort into one first conv, depthwise and pointwise layers, and
+    every profiled run's kernel time lands in some kind."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_runtime", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_runtime.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    path = export_onnx(create_model("hmr_mobilenet_v2", img_res=RES), tmp_path / "m.onnx", img_res=RES)["path"]
+    kinds = list(bench.layer_kinds(path).values())
+    assert kinds.count("first conv") == 1 and kinds.count("depthwise") == 17 and kinds.count("pointwise") == 34
+    assert kinds.count("fully connected") == 15  # fc1, fc2 and three heads, three IEF iterations
+    ms = bench.kernel_ms(path, RES, runs=3)
+    assert set(ms) == set(bench.KINDS) and all(v >= 0 for v in ms.values()) and ms["pointwise"] > 0
