@@ -11,6 +11,9 @@
 #   cp -al data/synthetic .gpu/synthetic && rm -rf .gpu/synthetic/cache .gpu/synthetic/smpl/*.pkl
 # then give the device tool the command `bash benchmarks/gpu_session.sh`, carry [".gpu", ".whl"], timeout ~545 s.
 # Session 7 measured there: ~50 ms per step at batch 32 and 64 alike (host-bound); batch 64 at lr 5e-4 diverged.
+# Next lease: continue from the shipped model instead of from scratch (its curve was still falling at 8,600 steps),
+# e.g. REF_ARGS="--set model.checkpoint=checkpoints/mbv2_reference.pt --lr 2.5e-4" (checkpoints/ is tracked, so it
+# travels); `compress train` starts from model.checkpoint's weights and records it as the run's parent.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEADLINE=${DEADLINE:-470}

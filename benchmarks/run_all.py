@@ -45,6 +45,8 @@ def benchmarks(quick: bool, data: str) -> list[tuple[str, list[str]]]:
           "--batch-size", "16" if quick else "32"]),
         # the issue-14 goals are stated at 224 px, one thread: measured at that size also in --quick (about 2 min)
         ("Where models are deployed: PyTorch vs ONNX Runtime, fp32 vs INT8", ["bench_runtime.py", "--img-res", "224"]),
+        ("Where INT8 time goes: P1 by layer kind, and other quantizations",
+         ["bench_runtime.py", "--img-res", "224", "--ops"]),
     ]
 
 
