@@ -7,6 +7,7 @@ checkpoints/mbv2_reference.pt with its card.
         settings) --set train.snapshot_every=10
     # 2. its learning curve: every snapshot scored on the 3D sets -> benchmarks/reference/<label>.json and .png
     python benchmarks/bench_reference.py curve runs/reference_gpu --label gpu_b32_cosine_8600
+    #    (a run that started from a trained model's weights: --start-step = that model's steps)
     # 3. ship the run's final model: fp16 weights, re-scored as shipped, card (.json, .md) with its sha256
     python benchmarks/bench_reference.py ship runs/reference_gpu --label gpu_b32_cosine_8600
 
@@ -102,7 +103,7 @@ def cmd_curve(args) -> None:
               flush=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"epoch"' in line]
     curve = {"label": args.label, "run": str(run), "command": _command(run), "sets": SETS, "references": refs,
-             "points": points, "wall_s": sum(r.get("time_s", 0) for r in log if r.get("kind") == "epoch")}
+             "start_step": args.start_step, "points": points, "wall_s": sum(r.get("time_s", 0) for r in log if r.get("kind") == "epoch")}
     OUT.mkdir(exist_ok=True)
     path.write_text(json.dumps(curve, indent=2))
     plot_curves(sorted(OUT.glob("*.json")))
@@ -125,8 +126,10 @@ def plot_curves(files: list[Path]) -> Path:
         if "points" not in curve:
             continue
         for ds, style in zip(SETS, ("-", "--", ":")):
-            ax.plot([p["step"] for p in curve["points"]], [p["ratios"][ds]["pa_vs_mean_pose"] for p in curve["points"]],
-                    style, marker=".", label=f"{curve['label']} {ds}")
+            start = curve.get("start_step", 0)  # a run that continued from a trained model: its steps come after
+            ax.plot([start + p["step"] for p in curve["points"]],
+                    [p["ratios"][ds]["pa_vs_mean_pose"] for p in curve["points"]], style, marker=".",
+                    label=f"{curve['label']} {ds}")
     ax.axhline(0.75, color="grey", lw=0.8)
     ax.set_xlabel("optimizer steps (batch 32)")
     ax.set_ylabel("PA-MPJPE / mean pose's")
@@ -234,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("curve", help="score a run's snapshots")
     c.add_argument("run")
     c.add_argument("--label", required=True)
+    c.add_argument("--start-step", type=int, default=0,
+                   help="steps the run's starting weights had trained (model.checkpoint), so the plot continues them")
     c.set_defaults(func=cmd_curve)
     s = sub.add_parser("ship", help="write checkpoints/mbv2_reference.pt and its card")
     s.add_argument("run")
