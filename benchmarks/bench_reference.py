@@ -10,6 +10,10 @@ checkpoints/mbv2_reference.pt with its card.
     #    (a run that started from a trained model's weights: --start-step = that model's steps)
     # 3. ship the run's final model: fp16 weights, re-scored as shipped, card (.json, .md) with its sha256
     python benchmarks/bench_reference.py ship runs/reference_gpu --label gpu_b32_cosine_8600
+    #    (or keep it in the repository for a later session, which has no runs/: checkpoints/candidates/<label>.pt
+    #    and its card; a warm restart then starts from it with --set model.checkpoint=...)
+    python benchmarks/bench_reference.py keep runs/reference_long --label cpu_warm_from_shipped_28000 \
+        --start-step 8600 --command "compress train ..."
 
 Snapshots are `snapshots/epoch_*.pt` (train.snapshot_every) or copies of the run's `last.pt` epoch state.
 Curves compare PA-MPJPE with the constant mean pose's (`compress eval --reference mean`) and MPJPE with the
@@ -102,7 +106,7 @@ def cmd_curve(args) -> None:
               "  (x mean pose " + " / ".join(f"{points[-1]['ratios'][d]['pa_vs_mean_pose']:.2f}" for d in SETS) + ")",
               flush=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"epoch"' in line]
-    curve = {"label": args.label, "run": str(run), "command": _command(run), "sets": SETS, "references": refs,
+    curve = {"label": args.label, "run": str(run), "command": args.command or _command(run), "sets": SETS, "references": refs,
              "start_step": args.start_step, "points": points, "wall_s": sum(r.get("time_s", 0) for r in log if r.get("kind") == "epoch")}
     OUT.mkdir(exist_ok=True)
     path.write_text(json.dumps(curve, indent=2))
@@ -166,6 +170,38 @@ def cmd_ship(args) -> None:
     }
     write_model_card(write_card(REFERENCE, card))
     print(f"shipped {REFERENCE} ({REFERENCE.stat().st_size / 1e6:.1f} MB) in {time.time() - t0:.0f} s")
+
+
+CANDIDATES = REFERENCE.parent / "candidates"
+
+
+def cmd_keep(args) -> None:
+    """A run worth shipping later, kept in the repository (runs/ is not): fp16 weights in checkpoints/candidates/
+    with a card in the shipped card's format, so that `ship` or a further warm restart can start from it."""
+    run = Path(args.run)
+    out = CANDIDATES / f"{args.label}.pt"
+    CANDIDATES.mkdir(parents=True, exist_ok=True)
+    save_half(run / "trained.pt", out)
+    model, _ = load_checkpoint(out)
+    metrics = evaluate(model, ROOT, img_res=IMG_RES, workers=0)  # as kept (fp16 -> fp32)
+    save_half(run / "trained.pt", out, metrics=metrics, stage="trained")
+    refs = references()
+    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"epoch"' in line]
+    epochs = [r for r in epochs if r.get("kind") == "epoch"]
+    parent = read_card(REFERENCE) if args.start_step else None
+    card = {
+        "model": "hmr_mobilenet_v2", "img_res": IMG_RES, "weights": "fp16 (loaded as fp32)", "shipped": False,
+        "command": args.command, "seed": 0, "steps": args.start_step + epochs[-1]["step"],
+        "run_steps": epochs[-1]["step"], "epochs": epochs[-1]["epoch"],
+        "wall_s": round(sum(r.get("time_s", 0) for r in epochs)),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "continued_from": {k: parent.get(k) for k in ("file", "sha256", "steps", "command", "machine")} if parent
+        else None, "data_root": read_card(REFERENCE)["data_root"], "metrics": metrics, "references": refs,
+        "ratios": ratios(metrics, refs), "curve": args.label,
+    }
+    card = write_card(out, card)
+    print(f"kept {out} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}): PA-MPJPE / mean pose " +
+          " / ".join(f"{card['ratios'][d]['pa_vs_mean_pose']:.2f}" for d in SETS))
 
 
 def cmd_restate(args) -> None:
@@ -239,12 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--label", required=True)
     c.add_argument("--start-step", type=int, default=0,
                    help="steps the run's starting weights had trained (model.checkpoint), so the plot continues them")
+    c.add_argument("--command", default="", help="the exact command that trained the run (else the recipe's path)")
     c.set_defaults(func=cmd_curve)
     s = sub.add_parser("ship", help="write checkpoints/mbv2_reference.pt and its card")
     s.add_argument("run")
     s.add_argument("--label", required=True, help="the run's curve (benchmarks/reference/<label>.json)")
     s.add_argument("--history", default="", help="how the run deviated from its command, if it did")
     s.set_defaults(func=cmd_ship)
+    k = sub.add_parser("keep", help="keep a run's model as checkpoints/candidates/<label>.pt with a card")
+    k.add_argument("run")
+    k.add_argument("--label", required=True, help="the run's curve (benchmarks/reference/<label>.json)")
+    k.add_argument("--command", required=True, help="the exact command that trained the run")
+    k.add_argument("--start-step", type=int, default=0,
+                   help="steps of the shipped model the run started from (model.checkpoint), 0 for none")
+    k.set_defaults(func=cmd_keep)
     r = sub.add_parser("restate", help="write SETTINGS into the card (what runs from the shipped model take)")
     r.add_argument("--drop-noise", action="store_true", help="drop the card's noise band (measured at old settings)")
     r.set_defaults(func=cmd_restate)

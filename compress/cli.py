@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     q = dsub.add_parser("synth", help="write a complete SPIN-layout synthetic data root")
     q.add_argument("--out", default=DEFAULT_DATA_ROOT, help="output folder (default: %(default)s)")
-    q.add_argument("--size", choices=["small", "default"], default="default", help="small: seconds, for tests")
+    q.add_argument("--size", choices=["small", "default", "large"], default="default",
+                   help="small: seconds, for tests; large: default's evaluation sets and 10x its training images")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--force", action="store_true", help="regenerate even if the root is complete")
     q.set_defaults(func=cmd_data_synth)

@@ -79,11 +79,22 @@ def card_summary(target: str | Path) -> dict[str, str]:
     data, sets = card.get("data_root", {}), list(card.get("ratios", {}))
     pa = " / ".join(f"{card['metrics'][k]['pa_mpjpe_mm']:.1f}" for k in sets if k in card.get("metrics", {}))
     ok = sha256(target) == card.get("sha256")
-    return {"trained": f"{card.get('steps', 0):,} steps, {card.get('wall_s', 0) / 60:.0f} min on {card.get('machine')}",
+    md = Path(target).with_suffix(".md")
+    return {"trained": _trained_line(card),
             "data": f"{data.get('path')} ({data.get('size')} synthetic root, seed {data.get('seed')})",
             "PA-MPJPE": f"{pa} mm ({', '.join(sets)})",
             "sha256": f"{str(card.get('sha256'))[:16]}… ({'matches the file' if ok else 'DOES NOT match the file'})",
-            "card": str(Path(target).with_suffix(".md"))}
+            **({"card": str(md)} if md.is_file() else {})}
+
+
+def _trained_line(card: dict) -> str:
+    """How long it trained, and where; a model continued from another names both stages."""
+    here = f"{card.get('wall_s', 0) / 60:.0f} min on {card.get('machine')}"
+    parent = card.get("continued_from")
+    if not parent:
+        return f"{card.get('steps', 0):,} steps, {here}"
+    return (f"{card.get('steps', 0):,} steps: {parent.get('steps', 0):,} of {parent.get('file')} ({parent.get('machine')}),"
+            f" then {card.get('run_steps', 0):,} in {here}")
 
 
 # ----------------------------------------------------------------------------------------------- fallback

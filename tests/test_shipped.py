@@ -52,6 +52,21 @@ def test_info_describes_the_reference(capsys):
     assert info["params_total"] == 4_906_909
 
 
+def test_card_of_a_continued_model_names_both_stages(tmp_path, tiny_model):
+    from compress.checkpoint import save_checkpoint
+    from compress.shipped import card_summary, write_card
+
+    path = save_checkpoint(tiny_model, tmp_path / "candidate.pt")
+    write_card(path, {"steps": 36_600, "run_steps": 28_000, "wall_s": 6600, "machine": "x86_64, 2 threads",
+                      "continued_from": {"file": "mbv2_reference.pt", "steps": 8600, "machine": "H200"},
+                      "data_root": {}, "metrics": {}, "ratios": {}})
+    summary = card_summary(path)
+    assert summary["trained"] == ("36,600 steps: 8,600 of mbv2_reference.pt (H200), then 28,000 in 110 min on "
+                                  "x86_64, 2 threads")
+    assert "matches the file" in summary["sha256"] and "card" not in summary  # no .md beside it
+    assert card_summary(REFERENCE)["card"].endswith("mbv2_reference.md")
+
+
 def test_save_half_halves_the_file_and_keeps_the_model(tmp_path, tiny_model):
     from compress.checkpoint import save_checkpoint
 

@@ -265,6 +265,25 @@ def test_deterministic_by_seed(tmp_path, root):
     np.testing.assert_array_equal(im(root), im(again))
 
 
+def test_more_training_images_leave_the_evaluation_sets_as_they_were(tmp_path, root, monkeypatch):
+    from compress.data import synthetic
+
+    assert all(synthetic.SIZES["large"][k] == synthetic.SIZES["default"][k] for k in synthetic.EVAL_FILES)
+    assert synthetic.SIZES["large"]["h36m_train"] == 10 * synthetic.SIZES["default"]["h36m_train"]
+    small = synthetic.SIZES["small"]  # the same rule at the small size: twice the training images
+    monkeypatch.setitem(synthetic.SIZES, "small2",
+                        {k: v if k in synthetic.EVAL_FILES else 2 * v for k, v in small.items()})
+    more = generate_root(tmp_path / "more", size="small2", seed=0)
+    for stem in ("3dpw_test", "h36m_valid_protocol1", "mpi_inf_3dhp_valid", "lsp_dataset_test"):
+        a, b = _npz(root, stem), _npz(more, stem)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    name = _npz(root, "3dpw_test")["imgname"][-1]
+    im = lambda r: np.array(Image.open(r / "3dpw" / name))  # noqa: E731
+    np.testing.assert_array_equal(im(root), im(more))
+    assert len(_npz(more, "h36m_train")["imgname"]) == 2 * small["h36m_train"]
+
+
 def test_complete_root_is_kept(root, caplog):
     stamp = (root / "dataset_extras" / "3dpw_test.npz").stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="compress.data.synthetic"):
