@@ -14,6 +14,10 @@
 # Next lease: continue from the shipped model instead of from scratch (its curve was still falling at 8,600 steps),
 # e.g. REF_ARGS="--set model.checkpoint=checkpoints/mbv2_reference.pt --lr 2.5e-4" (checkpoints/ is tracked, so it
 # travels); `compress train` starts from model.checkpoint's weights and records it as the run's parent.
+# Session 9 found the default root's 2,400 training images run out after ~12k more steps (the model memorises
+# them; docs/benchmark.md): the next long run wants the large root (`compress data synth --size large`, 423 MB,
+# too big to carry: carry is capped at 64 MiB, and generating it takes ~6 min of one core), starting from
+# checkpoints/candidates/cpu_warm_from_shipped_28000.pt or the shipped model.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEADLINE=${DEADLINE:-470}
