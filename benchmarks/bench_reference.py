@@ -13,7 +13,7 @@ checkpoints/mbv2_reference.pt with its card.
     #    (or keep it in the repository for a later session, which has no runs/: checkpoints/candidates/<label>.pt
     #    and its card; a warm restart then starts from it with --set model.checkpoint=...)
     python benchmarks/bench_reference.py keep runs/reference_long --label cpu_warm_from_shipped_28000 \
-        --start-step 8600 --command "compress train ..."
+        --command "compress train ..."
 
 Snapshots are `snapshots/epoch_*.pt` (train.snapshot_every) or copies of the run's `last.pt` epoch state.
 Curves compare PA-MPJPE with the constant mean pose's (`compress eval --reference mean`) and MPJPE with the
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from compress.checkpoint import load_checkpoint
 from compress.eval.protocols import evaluate
@@ -105,12 +106,18 @@ def cmd_curve(args) -> None:
         print(f"step {step:>6}: PA-MPJPE " + " / ".join(f"{m[d]['pa_mpjpe_mm']:.1f}" for d in SETS) +
               "  (x mean pose " + " / ".join(f"{points[-1]['ratios'][d]['pa_vs_mean_pose']:.2f}" for d in SETS) + ")",
               flush=True)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"epoch"' in line]
-    curve = {"label": args.label, "run": str(run), "command": args.command or _command(run), "sets": SETS, "references": refs,
-             "start_step": args.start_step, "points": points, "wall_s": sum(r.get("time_s", 0) for r in log if r.get("kind") == "epoch")}
+    curve = {"label": args.label, "run": str(run), "command": args.command or _command(run), "sets": SETS,
+             "references": refs, "start_step": args.start_step, "points": points,
+             "wall_s": sum(r.get("time_s", 0) for r in epoch_records(run))}
     OUT.mkdir(exist_ok=True)
     path.write_text(json.dumps(curve, indent=2))
     plot_curves(sorted(OUT.glob("*.json")))
+
+
+def epoch_records(run: Path) -> list[dict]:
+    """The run's per-epoch records of log.jsonl (step, epoch, time_s, ...)."""
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("kind") == "epoch"]
 
 
 def _command(run: Path) -> str:
@@ -154,8 +161,7 @@ def cmd_ship(args) -> None:
     metrics = evaluate(model, ROOT, img_res=IMG_RES, workers=0)  # the whole suite, as shipped (fp16 -> fp32)
     save_half(src, REFERENCE, metrics=metrics, stage="trained")
     refs = references()
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    epochs = [r for r in log if r.get("kind") == "epoch"]
+    epochs = epoch_records(run)
     synth = json.loads((Path(ROOT) / "synthetic.json").read_text())
     command, machine = _provenance(run)
     card = {
@@ -177,7 +183,8 @@ CANDIDATES = REFERENCE.parent / "candidates"
 
 def cmd_keep(args) -> None:
     """A run worth shipping later, kept in the repository (runs/ is not): fp16 weights in checkpoints/candidates/
-    with a card in the shipped card's format, so that `ship` or a further warm restart can start from it."""
+    with a card in the shipped card's format, naming the model it continued from (the run's model.checkpoint), so
+    that `ship` or a further warm restart can start from it."""
     run = Path(args.run)
     out = CANDIDATES / f"{args.label}.pt"
     CANDIDATES.mkdir(parents=True, exist_ok=True)
@@ -185,13 +192,10 @@ def cmd_keep(args) -> None:
     model, _ = load_checkpoint(out)
     metrics = evaluate(model, ROOT, img_res=IMG_RES, workers=0)  # as kept (fp16 -> fp32)
     save_half(run / "trained.pt", out, metrics=metrics, stage="trained")
-    refs = references()
-    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"epoch"' in line]
-    epochs = [r for r in epochs if r.get("kind") == "epoch"]
-    parent = read_card(REFERENCE) if args.start_step else None
+    refs, epochs, parent = references(), epoch_records(run), _parent_card(run)
     card = {
         "model": "hmr_mobilenet_v2", "img_res": IMG_RES, "weights": "fp16 (loaded as fp32)", "shipped": False,
-        "command": args.command, "seed": 0, "steps": args.start_step + epochs[-1]["step"],
+        "command": args.command, "seed": 0, "steps": (parent or {}).get("steps", 0) + epochs[-1]["step"],
         "run_steps": epochs[-1]["step"], "epochs": epochs[-1]["epoch"],
         "wall_s": round(sum(r.get("time_s", 0) for r in epochs)),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -202,6 +206,12 @@ def cmd_keep(args) -> None:
     card = write_card(out, card)
     print(f"kept {out} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}): PA-MPJPE / mean pose " +
           " / ".join(f"{card['ratios'][d]['pa_vs_mean_pose']:.2f}" for d in SETS))
+
+
+def _parent_card(run: Path) -> dict | None:
+    """The card of the model a run started from (its stored recipe's model.checkpoint), if that model has one."""
+    start = (yaml.safe_load((run / "recipe.yaml").read_text()).get("model") or {}).get("checkpoint")
+    return read_card(start) if start and Path(start).is_file() else None
 
 
 def cmd_restate(args) -> None:
@@ -286,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("run")
     k.add_argument("--label", required=True, help="the run's curve (benchmarks/reference/<label>.json)")
     k.add_argument("--command", required=True, help="the exact command that trained the run")
-    k.add_argument("--start-step", type=int, default=0,
-                   help="steps of the shipped model the run started from (model.checkpoint), 0 for none")
     k.set_defaults(func=cmd_keep)
     r = sub.add_parser("restate", help="write SETTINGS into the card (what runs from the shipped model take)")
     r.add_argument("--drop-noise", action="store_true", help="drop the card's noise band (measured at old settings)")

@@ -93,8 +93,8 @@ def _trained_line(card: dict) -> str:
     parent = card.get("continued_from")
     if not parent:
         return f"{card.get('steps', 0):,} steps, {here}"
-    return (f"{card.get('steps', 0):,} steps: {parent.get('steps', 0):,} of {parent.get('file')} ({parent.get('machine')}),"
-            f" then {card.get('run_steps', 0):,} in {here}")
+    first = f"{parent.get('steps', 0):,} of {parent.get('file')} ({parent.get('machine')})"
+    return f"{card.get('steps', 0):,} steps: {first}, then {card.get('run_steps', 0):,} in {here}"
 
 
 # ----------------------------------------------------------------------------------------------- fallback

@@ -558,9 +558,10 @@ def generate_root(out: str | Path, *, size: str = "default", seed: int = 0, img_
     """Write a complete SPIN-layout synthetic data root to `out` and return its path.
 
     size: "small" (a handful of samples per file, seconds), "default" (~2.4k training and ~150 evaluation
-    images per set) or "large" (default's evaluation sets, 24k training images). `img_size` fixes square images (default: random 160-240 px sides). An existing complete
-    root with the same size/seed/img_size is kept unless `force`. `progress(npz_stem, done, total)` is called
-    after every rendered batch, counting images over the whole root (total = total_samples(size)).
+    images per set) or "large" (default's evaluation sets, 24k training images). `img_size` fixes square images
+    (default: random 160-240 px sides). An existing complete root with the same size/seed/img_size is kept unless
+    `force`. `progress(npz_stem, done, total)` is called after every rendered batch, counting images over the whole
+    root (total = total_samples(size)).
     """
     if size not in SIZES:
         raise UserError(f"unknown synthetic size {size!r}; choose one of {', '.join(SIZES)}")
