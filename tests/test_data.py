@@ -323,6 +323,14 @@ def test_epoch_length_repeats_samples_under_new_augmentation(root):
     assert first["imgname"] == again["imgname"] and not torch.equal(first["img"], again["img"])
 
 
+def test_a_set_longer_than_the_epoch_is_drawn_whole(root):
+    n = len(MixedDataset(root, datasets=["h36m"], mix={}, img_res=RES).datasets[0])
+    short = MixedDataset(root, datasets=["h36m"], mix={}, img_res=RES, length=n // 2)
+    rng = np.random.default_rng(0)
+    drawn = {short.choose(i % len(short), rng)[1] for i in range(40 * n)}
+    assert drawn == set(range(n))  # index % n would never reach the samples past the epoch's length
+
+
 # ----------------------------------------------------------------------------------------------- HDF5 cache
 
 

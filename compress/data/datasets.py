@@ -146,7 +146,8 @@ class MixedDataset(torch.utils.data.Dataset):
 
     Datasets whose npz is missing from the root are dropped with a warning. Length = the largest dataset (SPIN), or
     `length`: item i takes sample i % len(dataset) with its own augmentation draw, so a longer epoch repeats samples
-    under new augmentation.
+    under new augmentation. A dataset longer than the epoch is sampled at random instead (from the item's own
+    generator), so that its samples past the epoch's length are drawn too.
     """
 
     def __init__(self, root: str | os.PathLike, *, datasets: list[str], mix: dict[str, float], img_res: int,
@@ -178,7 +179,8 @@ class MixedDataset(torch.utils.data.Dataset):
         """(dataset number, sample index) for item `index`."""
         k = int(np.searchsorted(self.cumulative, rng.uniform() * self.cumulative[-1], side="right"))
         k = min(k, len(self.datasets) - 1)
-        return k, index % len(self.datasets[k])
+        n = len(self.datasets[k])
+        return k, int(rng.integers(n)) if n > self.length else index % n
 
     def __getitem__(self, index: int) -> dict:
         rng = item_rng(self.seed, index)
