@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,12 +36,14 @@ from compress.checkpoint import load_checkpoint
 from compress.eval.protocols import evaluate
 from compress.eval.reference import reference_model
 from compress.models import create_model
-from compress.shipped import REFERENCE, card_path, read_card, save_half, write_card
+from compress.recipe import load_recipe, overrides_between
+from compress.shipped import REFERENCE, card_path, read_card, save_half, sha256, training_stages, write_card
 
 OUT = Path(__file__).resolve().parent / "reference"
 SETS = ["3dpw", "h36m-p1", "mpi-inf-3dhp"]
 ROOT = "data/synthetic"
 IMG_RES = 64
+BASE_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "mbv2_baseline.yaml"
 # The shipped model's training settings (with `compress train recipes/mbv2_baseline.yaml --data data/synthetic`;
 # it was trained on a lent GPU by benchmarks/gpu_reference.py, which also set data.workers=14 and
 # train.snapshot_every=10: neither changes the model).
@@ -152,6 +155,10 @@ def plot_curves(files: list[Path]) -> Path:
 
 
 def cmd_ship(args) -> None:
+    if args.run.endswith(".pt"):
+        return ship_candidate(Path(args.run), args.history)
+    if not args.label:
+        raise SystemExit("ship RUN needs --label (the run's curve)")
     run = Path(args.run)
     src = run / "trained.pt"
     meta = json.loads((run / "metrics" / "trained.json").read_text())
@@ -162,15 +169,13 @@ def cmd_ship(args) -> None:
     save_half(src, REFERENCE, metrics=metrics, stage="trained")
     refs = references()
     epochs = epoch_records(run)
-    synth = json.loads((Path(ROOT) / "synthetic.json").read_text())
     command, machine = _provenance(run)
     card = {
         "model": "hmr_mobilenet_v2", "img_res": IMG_RES, "weights": "fp16 (loaded as fp32)",
         "command": command, "train_settings": TRAIN_SETTINGS, "settings": SETTINGS, "seed": 0,
         "history": args.history, "steps": epochs[-1]["step"], "epochs": epochs[-1]["epoch"],
         "wall_s": round(sum(r.get("time_s", 0) for r in epochs)), "machine": machine,
-        "data_root": {"path": ROOT, "size": synth["size"], "seed": synth["seed"],
-                      "train_images": sum(v for k, v in synth["files"].items() if k.endswith("_train"))},
+        "data_root": root_info(ROOT),
         "metrics": metrics, "metrics_fp32": meta["metrics"], "references": refs, "ratios": ratios(metrics, refs),
         "curve": args.label, "noise": None,  # a new model: bench_distill.py --card measures its band again
     }
@@ -178,13 +183,26 @@ def cmd_ship(args) -> None:
     print(f"shipped {REFERENCE} ({REFERENCE.stat().st_size / 1e6:.1f} MB) in {time.time() - t0:.0f} s")
 
 
+def ship_candidate(path: Path, history: str) -> None:
+    """A kept candidate (`keep`) becomes the shipped model: the same bytes, its card with the settings runs from
+    the shipped model take and no noise band yet (bench_distill.py --card measures it for the new model)."""
+    kept = read_card(path)
+    if not kept or sha256(path) != kept.get("sha256"):
+        raise SystemExit(f"{path}: no card, or the file does not match its card's sha256")
+    shutil.copyfile(path, REFERENCE)
+    card = {k: v for k, v in kept.items() if k != "shipped"}
+    card.update(train_settings=training_stages(kept)[0]["settings"], settings=SETTINGS, history=history, noise=None)
+    write_model_card(write_card(REFERENCE, card))
+    print(f"shipped {path} as {REFERENCE} ({REFERENCE.stat().st_size / 1e6:.1f} MB); measure its noise band next")
+
+
 CANDIDATES = REFERENCE.parent / "candidates"
 
 
 def cmd_keep(args) -> None:
     """A run worth shipping later, kept in the repository (runs/ is not): fp16 weights in checkpoints/candidates/
-    with a card in the shipped card's format, naming the model it continued from (the run's model.checkpoint), so
-    that `ship` or a further warm restart can start from it."""
+    with a card in the shipped card's format whose `stages` are the stages of the model it continued from (the run's
+    model.checkpoint) and then this run's, so that `ship --candidate` or a further warm restart can start from it."""
     run = Path(args.run)
     out = CANDIDATES / f"{args.label}.pt"
     CANDIDATES.mkdir(parents=True, exist_ok=True)
@@ -192,20 +210,43 @@ def cmd_keep(args) -> None:
     model, _ = load_checkpoint(out)
     metrics = evaluate(model, ROOT, img_res=IMG_RES, workers=0)  # as kept (fp16 -> fp32)
     save_half(run / "trained.pt", out, metrics=metrics, stage="trained")
-    refs, epochs, parent = references(), epoch_records(run), _parent_card(run)
+    parent, refs = _parent_card(run), references()
+    stages = (training_stages(parent) if parent else []) + [run_stage(run, args.command)]
     card = {
         "model": "hmr_mobilenet_v2", "img_res": IMG_RES, "weights": "fp16 (loaded as fp32)", "shipped": False,
-        "command": args.command, "seed": 0, "steps": (parent or {}).get("steps", 0) + epochs[-1]["step"],
-        "run_steps": epochs[-1]["step"], "epochs": epochs[-1]["epoch"],
-        "wall_s": round(sum(r.get("time_s", 0) for r in epochs)),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "continued_from": {k: parent.get(k) for k in ("file", "sha256", "steps", "command", "machine")} if parent
-        else None, "data_root": read_card(REFERENCE)["data_root"], "metrics": metrics, "references": refs,
+        "command": args.command, "seed": 0, "stages": stages, "steps": sum(st["steps"] for st in stages),
+        "epochs": stages[-1]["epochs"], "wall_s": sum(st["wall_s"] for st in stages),
+        "machine": stages[-1]["machine"], "data_root": stages[-1]["data"], "metrics": metrics, "references": refs,
         "ratios": ratios(metrics, refs), "curve": args.label,
     }
     card = write_card(out, card)
     print(f"kept {out} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}): PA-MPJPE / mean pose " +
           " / ".join(f"{card['ratios'][d]['pa_vs_mean_pose']:.2f}" for d in SETS))
+
+
+# a run's recipe keys that do not change the model it trains, or that a stage gets elsewhere (its start, its root)
+NOT_SETTINGS = ["model.checkpoint", "data.root", "data.workers", "train.snapshot_every", "train.log_every",
+                "train.checkpoint_every_epoch", "eval"]
+
+
+def run_stage(run: Path, command: str) -> dict:
+    """One training stage of a card: the run's `--set` overrides of recipes/mbv2_baseline.yaml (from its stored
+    recipe), its data root, steps, epochs, wall time, this machine and the exact command."""
+    ran = load_recipe(run / "recipe.yaml", env=False)
+    base = load_recipe(BASE_RECIPE, [f"data.root={ran.data.root}"], env=False)
+    settings = [s for s in overrides_between(base, ran, skip=NOT_SETTINGS) if not s.startswith(("eval.", "name="))]
+    epochs = epoch_records(run)
+    return {"command": command, "settings": settings, "data": root_info(ran.data.root),
+            "steps": epochs[-1]["step"], "epochs": epochs[-1]["epoch"],
+            "wall_s": round(sum(r.get("time_s", 0) for r in epochs)),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"}
+
+
+def root_info(root: str) -> dict:
+    """A synthetic root as cards record it: path, size, seed and training images."""
+    synth = json.loads((Path(root) / "synthetic.json").read_text())
+    return {"path": str(root), "size": synth["size"], "seed": synth["seed"],
+            "train_images": sum(v for k, v in synth["files"].items() if k.endswith("_train"))}
 
 
 def _parent_card(run: Path) -> dict | None:
@@ -257,11 +298,7 @@ machine-readable version (a test checks the file's sha256 against it).
 
 - file: `{card['file']}`, {card['bytes'] / 1e6:.1f} MB, sha256 `{card['sha256']}`
 - weights: {card['weights']}; model `{card['model']}`, input {card['img_res']} px
-- made by: `{card['command']}` (seed {card['seed']}){'; ' + card['history'] if card.get('history') else ''}
-- {card['steps']:,} optimizer steps ({card['epochs']} epochs of the mixed set), {card['wall_s'] / 60:.0f} min on
-  {card['machine']}
-- data: `{card['data_root']['path']}` ({card['data_root']['size']} synthetic root, seed {card['data_root']['seed']},
-  {card['data_root']['train_images']:,} training images); learning curve: `benchmarks/reference/{card['curve']}.json`
+{_made_by(card)}
 - runs starting from it take: `{' '.join(card['settings'])}`
 
 | set | MPJPE mm | PA-MPJPE mm | mean pose PA | PA / mean pose | untrained MPJPE | MPJPE / untrained |
@@ -277,6 +314,23 @@ file as shipped (fp16 weights restored to fp32), all samples of each evaluation 
     return out
 
 
+def _made_by(card: dict) -> str:
+    """The card's lines on how the model was made: one stage, or each stage in order (a warm restart of the one
+    before it)."""
+    history = f"; {card['history']}" if card.get("history") else ""
+    stages = training_stages(card)
+    lines = [f"- made by: `{card['command']}` (seed {card['seed']}){history}"] if len(stages) == 1 else [
+        f"- made in {len(stages)} stages (seed {card['seed']}), each starting from the one before{history}:"]
+    for i, st in enumerate(stages, 1):
+        data = st["data"]
+        where = (f"{st['steps']:,} optimizer steps, {st['wall_s'] / 60:.0f} min on {st['machine']}; data "
+                 f"`{data['path']}` ({data['size']} synthetic root, seed {data['seed']}, "
+                 f"{data['train_images']:,} training images)")
+        lines.append(f"- {where}" if len(stages) == 1 else f"  {i}. `{st['command']}`: {where}")
+    lines.append(f"- learning curve: `benchmarks/reference/{card['curve']}.json`")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -288,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--command", default="", help="the exact command that trained the run (else the recipe's path)")
     c.set_defaults(func=cmd_curve)
     s = sub.add_parser("ship", help="write checkpoints/mbv2_reference.pt and its card")
-    s.add_argument("run")
-    s.add_argument("--label", required=True, help="the run's curve (benchmarks/reference/<label>.json)")
+    s.add_argument("run", help="a run directory, or a model kept with `keep` (checkpoints/candidates/<label>.pt)")
+    s.add_argument("--label", help="the run's curve (benchmarks/reference/<label>.json); a kept model's card has it")
     s.add_argument("--history", default="", help="how the run deviated from its command, if it did")
     s.set_defaults(func=cmd_ship)
     k = sub.add_parser("keep", help="keep a run's model as checkpoints/candidates/<label>.pt with a card")

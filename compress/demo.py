@@ -24,7 +24,7 @@ from compress.quantize import SUMMARY_FILE, QuantSpec, run_quantize
 from compress.recipe import load_recipe
 from compress.report import run_report
 from compress.runs import FINETUNED, PRUNED, TRAINED, metrics_file
-from compress.shipped import REFERENCE, card_path, read_card, save_half
+from compress.shipped import REFERENCE, card_path, read_card, save_half, training_stages
 from compress.train import run_finetune, run_train
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ def run_demo(
     common = common_settings(size, root, card)
     bar = progress or (lambda label: None)
 
-    base = _scratch_baseline(out, card, size, root, bar) if from_scratch else shipped_baseline(out, common)
+    base = (_scratch_baseline(out, card, size, root, bar, own_root=data is not None) if from_scratch
+            else shipped_baseline(out, common))
     p1 = _prune_and_finetune("mbv2_p1", out, base, base, common, size.ft_epochs[0], bar)
     p1_plain = _without_teacher(p1, out / "mbv2_p1_nokd", size.ft_epochs[0], bar)
     p2 = _prune_and_finetune("mbv2_p2", out, p1, base, common, size.ft_epochs[1], bar)
@@ -109,14 +110,30 @@ def shipped_baseline(out: Path, common: list[str]) -> Path:
     return base
 
 
-def _scratch_baseline(out: Path, card: dict, size: DemoSize, root: Path, bar) -> Path:
-    """The baseline trained again with the card's command (`size.scratch` shortens it for --quick)."""
-    run = out / "mbv2_baseline"
-    if not (run / TRAINED).exists():
-        overrides = [*card["train_settings"], f"data.root={root}", *size.scratch]
-        recipe = load_recipe(RECIPES / "mbv2_baseline.yaml", overrides, env=False)
-        run_train(recipe, out_dir=run, resume=True, progress=bar("train baseline (from scratch)"))
-    return run / TRAINED
+def _scratch_baseline(out: Path, card: dict, size: DemoSize, root: Path, bar, *, own_root: bool = False) -> Path:
+    """The baseline trained again as the card says: each of its stages in turn, a later one starting from the one
+    before (`size.scratch` shortens each for --quick). A stage trained on another synthetic root than the demo's
+    (say the large one) gets that root, generated when missing, unless the user chose the root (`own_root`)."""
+    stages = training_stages(card)
+    start = None
+    for i, stage in enumerate(stages, 1):
+        run = out / ("mbv2_baseline" if i == len(stages) else f"mbv2_baseline_stage{i}")
+        if not (run / TRAINED).exists():
+            where = root if own_root or size.scratch else _stage_root(stage["data"], size, root)
+            overrides = [*stage["settings"], f"data.root={where}", *size.scratch]
+            overrides += [f"model.checkpoint={start}"] if start else []
+            recipe = load_recipe(RECIPES / "mbv2_baseline.yaml", overrides, env=False)
+            label = "train baseline (from scratch)" + (f", stage {i} of {len(stages)}" if len(stages) > 1 else "")
+            run_train(recipe, out_dir=run, resume=True, progress=bar(label))
+        start = run / TRAINED
+    return start
+
+
+def _stage_root(data: dict, size: DemoSize, root: Path) -> Path:
+    """The demo's root for a stage trained on a root of the demo's size, else the stage's own (generated)."""
+    if data.get("size", size.synth) == size.synth:
+        return root
+    return generate_root(Path(data["path"]), size=data["size"], seed=int(data.get("seed", 0)))
 
 
 def _prune_and_finetune(name: str, out: Path, start: Path, teacher: Path, common: list[str], epochs: int,

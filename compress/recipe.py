@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import json
 import math
 import os
 import typing
@@ -433,6 +434,30 @@ def override_recipe(recipe: Recipe, overrides: typing.Iterable[str]) -> Recipe:
     """A copy of `recipe` with `a.b=value` overrides applied and re-validated."""
     return recipe_from_dict(apply_overrides(recipe_to_dict(recipe), overrides), source="--set")
 
+
+
+def overrides_between(base: Recipe, ran: Recipe, skip: typing.Iterable[str] = ()) -> list[str]:
+    """The `a.b=value` overrides that turn `base` into `ran` (override_recipe's inverse), one per differing leaf,
+    in the recipe's order; keys in `skip` (e.g. data.root) are left out."""
+    old, new = _leaves(recipe_to_dict(base)), _leaves(recipe_to_dict(ran))
+    skip = set(skip)
+    return [f"{key}={_as_yaml(value)}" for key, value in new.items()
+            if key not in skip and (key not in old or old[key] != value)]
+
+
+def _as_yaml(value: Any) -> str:
+    """A value as apply_overrides reads it back (JSON is YAML; a plain string unless YAML would read it as another
+    type)."""
+    return value if isinstance(value, str) and yaml.safe_load(value) == value else json.dumps(value)
+
+
+def _leaves(data: dict, prefix: str = "") -> dict:
+    """{dotted.key: value} of a nested dict; lists are leaves."""
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        out.update(_leaves(value, path + ".") if isinstance(value, dict) and value else {path: value})
+    return out
 
 # ----------------------------------------------------------------------------------------------- files
 

@@ -70,31 +70,50 @@ def write_card(checkpoint: str | Path, card: dict) -> dict:
     return card
 
 
+def training_stages(card: dict) -> list[dict]:
+    """How the card's model was trained, oldest stage first: each stage's `--set` overrides of
+    recipes/mbv2_baseline.yaml (`settings`; a later stage also starts from the one before), its data root (`data`:
+    path, size, seed, train_images), steps, wall_s, machine and exact command. A card without `stages` was trained in
+    one stage, described by its top-level train_settings, data_root, steps, wall_s, machine and command."""
+    if card.get("stages"):
+        return list(card["stages"])
+    return [{"settings": card.get("train_settings", []), "data": card.get("data_root", {}),
+             "steps": card.get("steps", 0), "wall_s": card.get("wall_s", 0), "machine": card.get("machine"),
+             "command": card.get("command")}]
+
+
 def card_summary(target: str | Path) -> dict[str, str]:
     """What a shipped checkpoint's card says (how it was made, its scores, whether the checksum holds), as the
     lines `compress info` prints; {} for a file without a card or a model name."""
     card = read_card(target) if Path(target).is_file() else None
     if not card:
         return {}
-    data, sets = card.get("data_root", {}), list(card.get("ratios", {}))
+    sets = list(card.get("ratios", {}))
     pa = " / ".join(f"{card['metrics'][k]['pa_mpjpe_mm']:.1f}" for k in sets if k in card.get("metrics", {}))
     ok = sha256(target) == card.get("sha256")
     md = Path(target).with_suffix(".md")
-    return {"trained": _trained_line(card),
-            "data": f"{data.get('path')} ({data.get('size')} synthetic root, seed {data.get('seed')})",
+    roots = {_root_line(stage["data"]): None for stage in training_stages(card)}  # in order, once each
+    return {"trained": _trained_line(card), "data": ", then ".join(roots),
             "PA-MPJPE": f"{pa} mm ({', '.join(sets)})",
             "sha256": f"{str(card.get('sha256'))[:16]}… ({'matches the file' if ok else 'DOES NOT match the file'})",
             **({"card": str(md)} if md.is_file() else {})}
 
 
+def _root_line(data: dict) -> str:
+    return f"{data.get('path')} ({data.get('size')} synthetic root, seed {data.get('seed')})"
+
+
 def _trained_line(card: dict) -> str:
-    """How long it trained, and where; a model continued from another names both stages."""
-    here = f"{card.get('wall_s', 0) / 60:.0f} min on {card.get('machine')}"
-    parent = card.get("continued_from")
-    if not parent:
-        return f"{card.get('steps', 0):,} steps, {here}"
-    first = f"{parent.get('steps', 0):,} of {parent.get('file')} ({parent.get('machine')})"
-    return f"{card.get('steps', 0):,} steps: {first}, then {card.get('run_steps', 0):,} in {here}"
+    """How long it trained, and where; a model trained in stages names each."""
+    stages = training_stages(card)
+    total = sum(stage.get("steps", 0) for stage in stages)
+    if len(stages) == 1:
+        return f"{total:,} steps, {_time_and_place(stages[0])}"
+    return f"{total:,} steps: " + ", then ".join(f"{st.get('steps', 0):,} in {_time_and_place(st)}" for st in stages)
+
+
+def _time_and_place(stage: dict) -> str:
+    return f"{stage.get('wall_s', 0) / 60:.0f} min on {stage.get('machine')}"
 
 
 # ----------------------------------------------------------------------------------------------- fallback

@@ -55,3 +55,21 @@ def test_demo_rerun_skips_finished_stages(demo):
     before = trained.stat().st_mtime_ns
     assert main(["demo", "--quick", "--out", str(work / "runs"), "--data", str(work / "data")]) == 0
     assert trained.stat().st_mtime_ns == before
+
+
+def test_from_scratch_trains_each_stage_of_the_card_from_the_one_before(tmp_path, synth_root):
+    import yaml
+
+    from compress.demo import QUICK, _scratch_baseline
+
+    default = {"path": "data/synthetic", "size": "default", "seed": 0}
+    card = {"stages": [{"settings": ["model.img_res=64", "train.lr=0.0005"], "data": default, "steps": 8600},
+                       {"settings": ["model.img_res=64", "train.lr=0.0001"], "data": default, "steps": 28_000}]}
+    labels = []
+    final = _scratch_baseline(tmp_path, card, QUICK, synth_root, lambda label: labels.append(label))
+    first = tmp_path / "mbv2_baseline_stage1" / "trained.pt"
+    assert final == tmp_path / "mbv2_baseline" / "trained.pt" and final.is_file() and first.is_file()
+    second = yaml.safe_load((final.parent / "recipe.yaml").read_text())
+    assert second["model"]["checkpoint"] == str(first) and second["train"]["lr"] == 0.0001
+    assert second["data"]["root"] == str(synth_root)  # --quick: every stage on the demo's root
+    assert labels == ["train baseline (from scratch), stage 1 of 2", "train baseline (from scratch), stage 2 of 2"]

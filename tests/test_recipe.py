@@ -9,7 +9,8 @@ import yaml
 
 from compress.errors import UserError
 from compress.recipe import (
-    PruneSpec, Recipe, TrainSpec, apply_overrides, load_recipe, override_recipe, recipe_from_dict,
+    PruneSpec, Recipe, TrainSpec, apply_overrides, load_recipe, override_recipe, overrides_between,
+    recipe_from_dict,
     recipe_reference_markdown, recipe_to_dict, save_recipe,
 )
 
@@ -160,6 +161,17 @@ def test_save_round_trip_and_override_recipe(tmp_path):
     assert load_recipe(out) == recipe
     assert not list(out.parent.glob("*.tmp"))
     assert override_recipe(recipe, ["prune.ratio=0.5"]).prune.ratio == 0.5
+
+
+def test_overrides_between_recipes_rebuild_the_second():
+    base = load_recipe(RECIPES[0].parent / "mbv2_baseline.yaml", env=False)
+    given = ["train.lr=3e-4", "train.lr_schedule=constant", "data.mix.h36m=0.5", "model.overrides.width=0.5",
+             "train.amp=false", "data.root=elsewhere", "train.distill=null", "finetune.epochs=3"]
+    ran = override_recipe(base, given)
+    found = overrides_between(base, ran, skip=["data.root"])
+    assert "train.lr=0.0003" in found and "data.mix.h36m=0.5" in found and not any("root" in f for f in found)
+    assert override_recipe(base, found) == override_recipe(ran, [f"data.root={base.data.root}"])
+    assert overrides_between(base, base) == []
 
 
 def test_apply_overrides_does_not_mutate():

@@ -52,19 +52,26 @@ def test_info_describes_the_reference(capsys):
     assert info["params_total"] == 4_906_909
 
 
-def test_card_of_a_continued_model_names_both_stages(tmp_path, tiny_model):
+def test_card_of_a_model_trained_in_stages_names_each(tmp_path, tiny_model):
     from compress.checkpoint import save_checkpoint
-    from compress.shipped import card_summary, write_card
+    from compress.shipped import card_summary, training_stages, write_card
 
+    default = {"path": "data/synthetic", "size": "default", "seed": 0}
+    large = {"path": "data/synthetic_large", "size": "large", "seed": 0}
+    stages = [{"steps": 8600, "wall_s": 360, "machine": "H200", "data": default, "settings": ["model.img_res=64"]},
+              {"steps": 28_000, "wall_s": 6600, "machine": "x86_64, 2 threads", "data": default, "settings": []},
+              {"steps": 20_000, "wall_s": 4800, "machine": "x86_64, 2 threads", "data": large, "settings": []}]
     path = save_checkpoint(tiny_model, tmp_path / "candidate.pt")
-    write_card(path, {"steps": 36_600, "run_steps": 28_000, "wall_s": 6600, "machine": "x86_64, 2 threads",
-                      "continued_from": {"file": "mbv2_reference.pt", "steps": 8600, "machine": "H200"},
-                      "data_root": {}, "metrics": {}, "ratios": {}})
+    write_card(path, {"stages": stages, "data_root": large, "metrics": {}, "ratios": {}})
     summary = card_summary(path)
-    assert summary["trained"] == ("36,600 steps: 8,600 of mbv2_reference.pt (H200), then 28,000 in 110 min on "
-                                  "x86_64, 2 threads")
+    assert summary["trained"] == ("56,600 steps: 8,600 in 6 min on H200, then 28,000 in 110 min on x86_64, 2 threads, "
+                                  "then 20,000 in 80 min on x86_64, 2 threads")
+    assert summary["data"] == ("data/synthetic (default synthetic root, seed 0), then data/synthetic_large (large "
+                               "synthetic root, seed 0)")
     assert "matches the file" in summary["sha256"] and "card" not in summary  # no .md beside it
     assert card_summary(REFERENCE)["card"].endswith("mbv2_reference.md")
+    one = {"train_settings": ["model.img_res=64"], "data_root": default, "steps": 8600, "wall_s": 360, "machine": "H200"}
+    assert training_stages(one) == [{**stages[0], "command": None}]  # a card of one stage, the older format
 
 
 def test_save_half_halves_the_file_and_keeps_the_model(tmp_path, tiny_model):
