@@ -10,10 +10,12 @@ checkpoints/mbv2_reference.pt with its card.
     #    (a run that started from a trained model's weights: --start-step = that model's steps)
     # 3. ship the run's final model: fp16 weights, re-scored as shipped, card (.json, .md) with its sha256
     python benchmarks/bench_reference.py ship runs/reference_gpu --label gpu_b32_cosine_8600
-    #    (or keep it in the repository for a later session, which has no runs/: checkpoints/candidates/<label>.pt
-    #    and its card; a warm restart then starts from it with --set model.checkpoint=...)
+    #    or keep it in the repository for a later session, which has no runs/: checkpoints/candidates/<label>.pt
+    #    and a card whose `stages` are its parent's (the run's model.checkpoint) and then the run's own; a warm
+    #    restart then starts from it with --set model.checkpoint=..., and `ship` takes a kept model as it is
     python benchmarks/bench_reference.py keep runs/reference_long --label cpu_warm_from_shipped_28000 \
         --command "compress train ..."
+    python benchmarks/bench_reference.py ship checkpoints/candidates/cpu_warm_from_shipped_28000.pt
 
 Snapshots are `snapshots/epoch_*.pt` (train.snapshot_every) or copies of the run's `last.pt` epoch state.
 Curves compare PA-MPJPE with the constant mean pose's (`compress eval --reference mean`) and MPJPE with the
@@ -160,6 +162,8 @@ def cmd_ship(args) -> None:
     if not args.label:
         raise SystemExit("ship RUN needs --label (the run's curve)")
     run = Path(args.run)
+    if _parent_card(run):  # its card must chain the stages: keep records them
+        raise SystemExit(f"{run} continued a model with a card: `keep` it first, then ship the kept file")
     src = run / "trained.pt"
     meta = json.loads((run / "metrics" / "trained.json").read_text())
     t0 = time.time()

@@ -510,8 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="toy size: about two minutes")
     p.add_argument("--force", action="store_true", help="start over instead of resuming")
     p.add_argument("--from-scratch", action="store_true",
-                   help="train the baseline again with the shipped model's command (6,300 steps: 40-85 min on "
-                        "2 CPU cores) instead of starting from checkpoints/mbv2_reference.pt")
+                   help="train the baseline again, stage by stage as the shipped model's card says (hours on 2 CPU "
+                        "cores; `compress info checkpoints/mbv2_reference.pt` lists the stages) instead of starting "
+                        "from checkpoints/mbv2_reference.pt")
     p.add_argument("--out", default="runs/demo", help="where the demo's runs go (default: %(default)s)")
     p.add_argument("--data", default=None, help="synthetic root to use/create (default: data/synthetic[-small])")
     p.set_defaults(func=cmd_demo)
