@@ -136,20 +136,26 @@ def plot_curves(files: list[Path]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    styles = dict(zip(SETS, ("-", "--", ":")))
+    runs = []
     for f in files:
         curve = json.loads(f.read_text())
         if "points" not in curve:
             continue
-        for ds, style in zip(SETS, ("-", "--", ":")):
-            start = curve.get("start_step", 0)  # a run that continued from a trained model: its steps come after
+        color = f"C{len(runs) % 10}"  # one colour per run, one line style per set
+        runs.append(Line2D([], [], color=color, marker=".", label=curve["label"]))
+        start = curve.get("start_step", 0)  # a run that continued from a trained model: its steps come after
+        for ds, style in styles.items():
             ax.plot([start + p["step"] for p in curve["points"]],
-                    [p["ratios"][ds]["pa_vs_mean_pose"] for p in curve["points"]], style, marker=".",
-                    label=f"{curve['label']} {ds}")
+                    [p["ratios"][ds]["pa_vs_mean_pose"] for p in curve["points"]], style, color=color, marker=".")
     ax.axhline(0.75, color="grey", lw=0.8)
     ax.set_xlabel("optimizer steps (batch 32)")
     ax.set_ylabel("PA-MPJPE / mean pose's")
-    ax.legend(fontsize=7)
+    sets = [Line2D([], [], color="black", ls=style, label=ds) for ds, style in styles.items()]
+    ax.legend(handles=runs + sets, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = OUT / "curves.png"
     fig.savefig(out, dpi=110)
@@ -215,7 +221,10 @@ def cmd_keep(args) -> None:
     metrics = evaluate(model, ROOT, img_res=IMG_RES, workers=0)  # as kept (fp16 -> fp32)
     save_half(run / "trained.pt", out, metrics=metrics, stage="trained")
     parent, refs = _parent_card(run), references()
-    stages = (training_stages(parent) if parent else []) + [run_stage(run, args.command)]
+    stage = run_stage(run, args.command)
+    if parent:  # the file it started from, as it was then (a later `ship` may replace it)
+        stage["start"] = {"file": _start(run), "sha256": parent["sha256"]}
+    stages = (training_stages(parent) if parent else []) + [stage]
     card = {
         "model": "hmr_mobilenet_v2", "img_res": IMG_RES, "weights": "fp16 (loaded as fp32)", "shipped": False,
         "command": args.command, "seed": 0, "stages": stages, "steps": sum(st["steps"] for st in stages),
@@ -253,9 +262,14 @@ def root_info(root: str) -> dict:
             "train_images": sum(v for k, v in synth["files"].items() if k.endswith("_train"))}
 
 
+def _start(run: Path) -> str | None:
+    """The run's starting weights (its stored recipe's model.checkpoint)."""
+    return (yaml.safe_load((run / "recipe.yaml").read_text()).get("model") or {}).get("checkpoint")
+
+
 def _parent_card(run: Path) -> dict | None:
-    """The card of the model a run started from (its stored recipe's model.checkpoint), if that model has one."""
-    start = (yaml.safe_load((run / "recipe.yaml").read_text()).get("model") or {}).get("checkpoint")
+    """The card of the model a run started from, if that model has one."""
+    start = _start(run)
     return read_card(start) if start and Path(start).is_file() else None
 
 
@@ -330,7 +344,9 @@ def _made_by(card: dict) -> str:
         where = (f"{st['steps']:,} optimizer steps, {st['wall_s'] / 60:.0f} min on {st['machine']}; data "
                  f"`{data['path']}` ({data['size']} synthetic root, seed {data['seed']}, "
                  f"{data['train_images']:,} training images)")
-        lines.append(f"- {where}" if len(stages) == 1 else f"  {i}. `{st['command']}`: {where}")
+        start = f" (it started from `{st['start']['file']}` as it was then, sha256 {st['start']['sha256'][:16]}…)" \
+            if st.get("start") else ""
+        lines.append(f"- {where}" if len(stages) == 1 else f"  {i}. `{st['command']}`{start}: {where}")
     lines.append(f"- learning curve: `benchmarks/reference/{card['curve']}.json`")
     return "\n".join(lines)
 

@@ -11,13 +11,11 @@
 #   cp -al data/synthetic .gpu/synthetic && rm -rf .gpu/synthetic/cache .gpu/synthetic/smpl/*.pkl
 # then give the device tool the command `bash benchmarks/gpu_session.sh`, carry [".gpu", ".whl"], timeout ~545 s.
 # Session 7 measured there: ~50 ms per step at batch 32 and 64 alike (host-bound); batch 64 at lr 5e-4 diverged.
-# Next lease: continue from the shipped model instead of from scratch (its curve was still falling at 8,600 steps),
-# e.g. REF_ARGS="--set model.checkpoint=checkpoints/mbv2_reference.pt --lr 2.5e-4" (checkpoints/ is tracked, so it
-# travels); `compress train` starts from model.checkpoint's weights and records it as the run's parent.
-# Session 9 found the default root's 2,400 training images run out after ~12k more steps (the model memorises
-# them; docs/benchmark.md): the next long run wants the large root (`compress data synth --size large`, 423 MB,
-# too big to carry: carry is capped at 64 MiB, and generating it takes ~6 min of one core), starting from
-# checkpoints/candidates/cpu_warm_from_shipped_28000.pt or the shipped model.
+# Session 10 shipped a model trained in three stages (H200 8,600 steps; CPU 28,000 more on the default root; CPU
+# 20,000 more on the large root: docs/benchmark.md). Next lease: one run from scratch on the large root, so that the
+# reference is one command (`compress data synth --size large` first: 423 MB, too big to carry, about 6 min of one
+# core to generate there), e.g. DATA=.gpu/synthetic_large; or a further warm restart of the shipped model with
+# REF_ARGS="--set model.checkpoint=checkpoints/mbv2_reference.pt --lr 2.5e-4" (checkpoints/ is tracked).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEADLINE=${DEADLINE:-470}
