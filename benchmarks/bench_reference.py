@@ -212,7 +212,7 @@ CANDIDATES = REFERENCE.parent / "candidates"
 def cmd_keep(args) -> None:
     """A run worth shipping later, kept in the repository (runs/ is not): fp16 weights in checkpoints/candidates/
     with a card in the shipped card's format whose `stages` are the stages of the model it continued from (the run's
-    model.checkpoint) and then this run's, so that `ship --candidate` or a further warm restart can start from it."""
+    model.checkpoint) and then this run's, so that `ship FILE` or a further warm restart can start from it."""
     run = Path(args.run)
     out = CANDIDATES / f"{args.label}.pt"
     CANDIDATES.mkdir(parents=True, exist_ok=True)
@@ -239,7 +239,7 @@ def cmd_keep(args) -> None:
 
 # a run's recipe keys that do not change the model it trains, or that a stage gets elsewhere (its start, its root)
 NOT_SETTINGS = ["model.checkpoint", "data.root", "data.workers", "train.snapshot_every", "train.log_every",
-                "train.checkpoint_every_epoch", "eval"]
+                "train.checkpoint_every_epoch"]
 
 
 def run_stage(run: Path, command: str) -> dict:
