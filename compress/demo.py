@@ -1,9 +1,10 @@
 """`compress demo`: the study's chain on the synthetic benchmark, sized for a CPU.
 
 shipped reference model (checkpoints/mbv2_reference.pt; `from_scratch`: trained again, stage by stage, as its card
-says) -> P1 (prune 20%) -> FT(20) with distillation, and without -> P2 (a further 20%, from P1's distilled FT) -> FT(8) with
-and without distillation -> P1 by the other importance criteria (accuracy right after pruning) -> INT8 of the final
-model (ONNX Runtime) -> report (ONNX Runtime columns, the INT8 row, KD vs none, deltas within the card's noise band).
+says) -> P1 (prune 20%) -> FT(20) with distillation, and without -> P2 (a further 20%, from P1's distilled FT) ->
+FT(8) with and without distillation -> P1 by the other importance criteria (accuracy right after pruning) -> INT8 of
+the final model (ONNX Runtime) -> report (ONNX Runtime columns, the INT8 row, KD vs none, deltas within the card's
+noise band).
 Fine-tuning uses the settings of the reference model's card. Every stage is skipped when its output already exists
 (re-running resumes), unless `force`.
 """

@@ -70,7 +70,8 @@ def test_card_of_a_model_trained_in_stages_names_each(tmp_path, tiny_model):
                                "synthetic root, seed 0)")
     assert "matches the file" in summary["sha256"] and "card" not in summary  # no .md beside it
     assert card_summary(REFERENCE)["card"].endswith("mbv2_reference.md")
-    one = {"train_settings": ["model.img_res=64"], "data_root": default, "steps": 8600, "wall_s": 360, "machine": "H200"}
+    one = {"train_settings": ["model.img_res=64"], "data_root": default, "steps": 8600, "wall_s": 360,
+           "machine": "H200"}
     assert training_stages(one) == [{**stages[0], "command": None}]  # a card of one stage, the older format
 
 
