@@ -1,5 +1,6 @@
-"""How long to fine-tune: P1 of the shipped reference model fine-tuned for N epochs (each N its own run, its own
-cosine schedule), with distillation (default) or without, scored on the 3D sets of the default synthetic root.
+"""How long to fine-tune: P1 of the shipped reference model (recipes/mbv2_p1.yaml) fine-tuned for N epochs (each N
+its own run) at the card's settings, with distillation (default) or without, scored on the 3D sets of the default
+synthetic root.
 
 Prints, per N, PA-MPJPE and MPJPE per set, their mean over the four 3D sets as a ratio to the reference model's,
 the fine-tuning's wall time, and writes benchmarks/reference/ftlen_<variant>.json.
