@@ -54,7 +54,7 @@ TRAIN_SETTINGS = ["model.img_res=64", "train.batch_size=32", "train.lr=0.0005", 
                   "train.grad_clip=1.0", "train.amp=false", "data.epoch_length=6400", "train.epochs=43"]
 # What a run starting from the shipped model takes (shipped.load_prune_recipe; the demo too): its resolution,
 # the loss weights it was trained with, fine-tuning rates and batch, and distillation weights matched to them.
-# From `bench_ftlen.py` on the shipped (H200) model, P1+FT(20)+KD, mean PA-MPJPE vs the reference: rates 3e-5 / 3e-4
+# From `bench_ftlen.py` on the stage-1 (H200) model, P1+FT(20)+KD, mean PA-MPJPE vs the reference: rates 3e-5 / 3e-4
 # +4.2%, 1e-4 / 1e-3 +7.4%, 1e-5 / 1e-4 +4.1%; at 3e-5 / 3e-4 distillation weights (rotmat / joints) 10 / 5 +4.2%,
 # 30 / 15 +3.7%, 100 / 50 +2.9%, 300 / 150 +3.4%. Re-swept on the stage-3 model (rates, batch, warm-up, distillation
 # weights, data mix, criterion, length; ftlen_kd_s3_*.json): nothing beat these by more than the seed noise.
